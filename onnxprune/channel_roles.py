@@ -1,0 +1,404 @@
+"""What each ONNX op does to channels: the one table analysis dispatches through.
+
+Each handler reads a node and records, on the :class:`~onnxprune.analysis.GroupBuilder`, the
+groups it creates (producers), the slices that follow them (passengers, consumers), and the
+channel runs of its output. An op missing from :data:`ROLES` blocks every group that reaches
+it, with a sentence naming the op: analysis never guesses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from onnxprune.graph import attr, input_or_none
+from onnxprune.groups import Seg, ShapeEdit, Slice, scale, shift
+
+if TYPE_CHECKING:
+    from onnxprune.analysis import GroupBuilder
+
+Handler = Callable[["GroupBuilder", gs.Node], None]
+
+
+def handle(b: GroupBuilder, node: gs.Node) -> None:
+    """Apply the role of ``node``'s op type, or block what reaches an unknown op."""
+    role = ROLES.get(node.op)
+    if role is not None:
+        role(b, node)
+    elif any(b.layout(t) for t in node.inputs):
+        b.block_inputs(node, f"{node.op} node '{node.name}' is not known to keep channels apart")
+
+
+# -- shared steps ---------------------------------------------------------------------------
+
+def _rank(tensor: gs.Tensor) -> int | None:
+    return len(tensor.shape) if tensor.shape is not None else None
+
+
+def _dims_after_channel(tensor: gs.Tensor) -> int | None:
+    """Product of the static dimensions after axis 1, or None when any is unknown."""
+    if tensor.shape is None or len(tensor.shape) < 2:
+        return None
+    size = 1
+    for d in tensor.shape[2:]:
+        if not isinstance(d, int) or d <= 0:
+            return None
+        size *= d
+    return size
+
+
+def _consume(b: GroupBuilder, node: gs.Node, weight: gs.Tensor, axis: int) -> None:
+    for s in b.layout(node.inputs[0]) or []:
+        if s.gid is not None:
+            b.add(s.gid, "consumer", Slice(weight.name, node.name, axis, s.offset, s.stride))
+
+
+def _produce(b: GroupBuilder, node: gs.Node, size: int,
+             slices: list[tuple[gs.Tensor, int, bool]]) -> int:
+    gid = b.new_group(node, size)
+    for tensor, axis, is_bias in slices:
+        b.add(gid, "producer", Slice(tensor.name, node.name, axis, bias=is_bias))
+    b.set_layout(node.outputs[0], [Seg(gid, 0, size)])
+    return gid
+
+
+def _pass_through(b: GroupBuilder, node: gs.Node) -> None:
+    segs = b.layout(node.inputs[0])
+    if segs is not None:
+        b.set_layout(node.outputs[0], segs)
+
+
+def _channel_span(segs: list[Seg]) -> int:
+    return sum(s.span for s in segs)
+
+
+def _constant_operand(b: GroupBuilder, node: gs.Node, const: gs.Tensor, segs: list[Seg],
+                      out_rank: int | None) -> bool:
+    """Record a broadcast constant operand as neutral or as a per-channel passenger.
+
+    Returns False when the constant neither broadcasts over the channels nor has one entry per
+    channel position, in which case the caller blocks.
+    """
+    values = b.constant(const)
+    if values is None or out_rank is None:
+        return False
+    axis = values.ndim - (out_rank - 1)
+    if axis < 0 or values.shape[axis] == 1:
+        return True
+    if values.shape[axis] != _channel_span(segs):
+        return False
+    for s in segs:
+        if s.gid is not None:
+            b.add(s.gid, "passenger", Slice(const.name, node.name, axis, s.offset, s.stride))
+    return True
+
+
+# -- producers --------------------------------------------------------------------------------
+
+def conv(b: GroupBuilder, node: gs.Node) -> None:
+    """Conv: consumes input channels on weight axis 1, produces output channels on axis 0.
+
+    A depthwise Conv (one filter per input channel) passes its input's group through, with
+    its kernel and bias as passengers. Any other grouped Conv blocks.
+    """
+    weight, bias = node.inputs[1], input_or_none(node, 2)
+    w = b.constant(weight)
+    if w is None or (bias is not None and b.constant(bias) is None):
+        b.block_inputs(node, f"weights of Conv '{node.name}' are computed at run time")
+        return
+    groups = int(attr(node, "group", 1))
+    segs = b.layout(node.inputs[0])
+    if groups > 1 and w.shape[1] == 1 and w.shape[0] == groups and segs is not None \
+            and _channel_span(segs) == groups:
+        for s in segs:
+            if s.gid is not None:
+                b.add(s.gid, "passenger", Slice(weight.name, node.name, 0, s.offset, s.stride))
+                if bias is not None:
+                    b.add(s.gid, "passenger", Slice(bias.name, node.name, 0, s.offset, s.stride))
+                b.add_depthwise(s.gid, node)
+        b.set_layout(node.outputs[0], segs)
+        return
+    slices = [(weight, 0, False)] + ([(bias, 0, True)] if bias is not None else [])
+    if groups > 1:
+        reason = f"grouped Conv '{node.name}' (group={groups}) ties channels in blocks"
+        b.block_inputs(node, reason)
+        b.block([Seg(_produce(b, node, w.shape[0], slices), 0, w.shape[0])], reason)
+        return
+    _consume(b, node, weight, 1)
+    _produce(b, node, w.shape[0], slices)
+
+
+def conv_transpose(b: GroupBuilder, node: gs.Node) -> None:
+    """ConvTranspose: consumes on weight axis 0, produces on axis 1 (group 1 only)."""
+    weight, bias = node.inputs[1], input_or_none(node, 2)
+    w = b.constant(weight)
+    if w is None or int(attr(node, "group", 1)) != 1 or (bias is not None
+                                                         and b.constant(bias) is None):
+        b.block_inputs(node, f"ConvTranspose '{node.name}' has grouped or run-time weights")
+        return
+    _consume(b, node, weight, 0)
+    _produce(b, node, w.shape[1],
+             [(weight, 1, False)] + ([(bias, 0, True)] if bias is not None else []))
+
+
+def gemm(b: GroupBuilder, node: gs.Node) -> None:
+    """Gemm: ``Y = A B + C``; B's axes follow ``transB``, a per-unit C is a producer bias."""
+    weight, bias = node.inputs[1], input_or_none(node, 2)
+    w = b.constant(weight)
+    c = b.constant(bias) if bias is not None else None
+    if w is None or attr(node, "transA", 0) or (bias is not None and c is None):
+        b.block_inputs(node, f"Gemm '{node.name}' has transA or run-time weights")
+        return
+    in_axis, out_axis = (1, 0) if attr(node, "transB", 0) else (0, 1)
+    units = w.shape[out_axis]
+    slices = [(weight, out_axis, False)]
+    if c is not None and c.size == units and c.shape[-1] == units:
+        slices.append((bias, c.ndim - 1, True))
+    elif c is not None and c.size != 1:
+        b.block_inputs(node, f"Gemm '{node.name}' has a bias of shape {list(c.shape)}")
+        return
+    _consume(b, node, weight, in_axis)
+    _produce(b, node, units, slices)
+
+
+def matmul(b: GroupBuilder, node: gs.Node) -> None:
+    """MatMul with a constant 2-D right operand on a rank-2 input: a Gemm without bias."""
+    weight = node.inputs[1]
+    w = b.constant(weight)
+    if w is None or w.ndim != 2 or _rank(node.inputs[0]) != 2:
+        b.block_inputs(node, f"MatMul '{node.name}' is not a rank-2 product with constant weights")
+        return
+    _consume(b, node, weight, 0)
+    _produce(b, node, w.shape[1], [(weight, 1, False)])
+
+
+# -- channel-wise ops -------------------------------------------------------------------------
+
+def normalization(b: GroupBuilder, node: gs.Node) -> None:
+    """BatchNormalization / InstanceNormalization: parameters are per-channel passengers."""
+    segs = b.layout(node.inputs[0])
+    if segs is None:
+        return
+    params = [t for t in node.inputs[1:] if t.name]
+    if any(b.constant(t) is None for t in params) or len([o for o in node.outputs if o.name]) > 1:
+        b.block(segs, f"{node.op} '{node.name}' has run-time parameters or training outputs")
+        return
+    for t in params:
+        for s in segs:
+            if s.gid is not None:
+                b.add(s.gid, "passenger", Slice(t.name, node.name, 0, s.offset, s.stride))
+    b.set_layout(node.outputs[0], segs)
+
+
+def elementwise(b: GroupBuilder, node: gs.Node) -> None:
+    """Add, Mul, Sum, ... : channel inputs are merged; constants broadcast or follow channels."""
+    tracked = [b.layout(t) for t in node.inputs if b.layout(t) is not None]
+    if not tracked:
+        return
+    base = tracked[0]
+    out_rank = _rank(node.outputs[0]) or _rank(node.inputs[0])
+    for t in node.inputs:
+        segs = b.layout(t)
+        if segs is None:
+            if not _constant_operand(b, node, t, base, out_rank):
+                b.block_inputs(node, f"{node.op} '{node.name}' combines channels with "
+                                     f"'{t.name}', whose channels cannot be followed")
+                return
+        elif not _merge(b, base, segs):
+            b.block_inputs(node, f"{node.op} '{node.name}' combines inputs whose channels "
+                                 "do not line up")
+            return
+    b.set_layout(node.outputs[0], base)
+
+
+def _merge(b: GroupBuilder, a: list[Seg], c: list[Seg]) -> bool:
+    if [(s.offset, s.span, s.stride) for s in a] != [(s.offset, s.span, s.stride) for s in c]:
+        return False
+    for x, y in zip(a, c, strict=True):
+        if (x.gid is None) != (y.gid is None):
+            b.block([x, y], "is added to channels that cannot be pruned")
+        elif x.gid is not None and y.gid is not None:
+            b.union(x.gid, y.gid)
+    return True
+
+
+def concat(b: GroupBuilder, node: gs.Node) -> None:
+    """Concat on the channel axis: each input's channels land at an offset of the output."""
+    if not any(b.layout(t) for t in node.inputs):
+        return
+    rank = _rank(node.outputs[0])
+    axis = int(attr(node, "axis", 1))
+    if rank is None or axis % rank != 1:
+        b.block_inputs(node, f"Concat '{node.name}' joins along axis {axis}, not the channels")
+        return
+    segs: list[Seg] = []
+    offset = 0
+    for t in node.inputs:
+        own = b.layout(t)
+        if own is None:
+            width = t.shape[1] if t.shape is not None and len(t.shape) > 1 else None
+            if not isinstance(width, int):
+                b.block_inputs(node, f"Concat '{node.name}' has an input of unknown width")
+                return
+            own = [Seg(None, 0, width)]
+        segs.extend(shift(own, offset))
+        offset += _channel_span(own)
+    b.set_layout(node.outputs[0], segs)
+
+
+def flatten(b: GroupBuilder, node: gs.Node) -> None:
+    """Flatten at axis 1: channel c of a (N, C, H, W) input becomes columns c*HW ... (c+1)*HW-1."""
+    segs = b.layout(node.inputs[0])
+    if segs is None:
+        return
+    inner = _dims_after_channel(node.inputs[0])
+    if int(attr(node, "axis", 1)) != 1 or inner is None:
+        b.block(segs, f"Flatten '{node.name}' does not flatten from the channel axis "
+                      "of a static shape")
+        return
+    b.set_layout(node.outputs[0], scale(segs, inner))
+
+
+def reshape(b: GroupBuilder, node: gs.Node) -> None:
+    """Reshape to (batch, -1 or C*H*W): a Flatten whose shape constant may need editing."""
+    segs = b.layout(node.inputs[0])
+    if segs is None:
+        return
+    target = b.constant(node.inputs[1])
+    inner = _dims_after_channel(node.inputs[0])
+    if target is None or inner is None or not _flattens(node, target, _channel_span(segs) * inner):
+        b.block(segs, f"Reshape '{node.name}' mixes channels with other axes")
+        return
+    flat = scale(segs, inner)
+    if int(target[1]) != -1:
+        for s in flat:
+            if s.gid is not None:
+                b.add_reshape(s.gid, ShapeEdit(node.inputs[1].name, node.name, 1, s.stride))
+    b.set_layout(node.outputs[0], flat)
+
+
+def _flattens(node: gs.Node, target: np.ndarray, width: int) -> bool:
+    """Whether a Reshape to ``target`` keeps the batch and folds everything else into axis 1."""
+    if target.shape != (2,):
+        return False
+    batch, rest = int(target[0]), int(target[1])
+    static_batch = [d for d in node.inputs[0].shape[:1] if isinstance(d, int)]
+    zero_is_literal = bool(attr(node, "allowzero", 0))
+    batch_ok = batch == -1 or batch in static_batch or (batch == 0 and not zero_is_literal)
+    return batch_ok and rest in (-1, width) and not batch == rest == -1
+
+
+def reduce(b: GroupBuilder, node: gs.Node) -> None:
+    """Reductions over spatial axes only keep channels apart."""
+    segs = b.layout(node.inputs[0])
+    rank = _rank(node.inputs[0])
+    if segs is None:
+        return
+    axes = attr(node, "axes")
+    if axes is None and len(node.inputs) > 1:
+        axes = b.constant(node.inputs[1])
+    if rank is None or axes is None or {int(a) % rank for a in np.ravel(axes)} & {0, 1}:
+        b.block(segs, f"{node.op} '{node.name}' reduces over the channel axis")
+        return
+    b.set_layout(node.outputs[0], segs)
+
+
+def squeeze(b: GroupBuilder, node: gs.Node) -> None:
+    """Squeeze / Unsqueeze of axes after the channel axis keep channels apart."""
+    segs = b.layout(node.inputs[0])
+    if segs is None:
+        return
+    axes = attr(node, "axes")
+    if axes is None and len(node.inputs) > 1:
+        axes = b.constant(node.inputs[1])
+    rank = _rank(node.outputs[0] if node.op == "Unsqueeze" else node.inputs[0])
+    if rank is None or axes is None or min(int(a) % rank for a in np.ravel(axes)) < 2:
+        b.block(segs, f"{node.op} '{node.name}' moves the channel axis")
+        return
+    b.set_layout(node.outputs[0], segs)
+
+
+def resize(b: GroupBuilder, node: gs.Node) -> None:
+    """Resize / Upsample with scale 1 on batch and channels keeps channels apart."""
+    segs = b.layout(node.inputs[0])
+    if segs is None:
+        return
+    scales = next((b.constant(t) for t in node.inputs[1:] if t.name and b.constant(t) is not None
+                   and b.constant(t).dtype.kind == "f" and b.constant(t).size), None)
+    sizes = input_or_none(node, 3)
+    if scales is None or sizes is not None or not np.allclose(scales[:2], 1.0):
+        b.block(segs, f"{node.op} '{node.name}' may resize the channel axis")
+        return
+    b.set_layout(node.outputs[0], segs)
+
+
+def pad(b: GroupBuilder, node: gs.Node) -> None:
+    """Pad keeps channels apart when it pads no batch or channel entries."""
+    segs = b.layout(node.inputs[0])
+    if segs is None:
+        return
+    pads = attr(node, "pads")
+    if pads is None and len(node.inputs) > 1:
+        pads = b.constant(node.inputs[1])
+    rank = _rank(node.inputs[0])
+    ok = pads is not None and rank is not None and len(node.inputs) < 4
+    if ok:
+        p = np.ravel(pads).reshape(2, rank)
+        ok = not p[:, :2].any()
+    if not ok:
+        b.block(segs, f"Pad '{node.name}' pads the batch or channel axis")
+        return
+    b.set_layout(node.outputs[0], segs)
+
+
+def shape_reader(b: GroupBuilder, node: gs.Node) -> None:
+    """Shape reads sizes at run time, so it follows any pruning by itself."""
+
+
+def softmax(b: GroupBuilder, node: gs.Node) -> None:
+    """Softmax over the channel axis mixes channels; over another axis it keeps them apart."""
+    segs = b.layout(node.inputs[0])
+    rank = _rank(node.inputs[0])
+    if segs is None:
+        return
+    default = -1 if b.graph.opset >= 13 else 1
+    axis = int(attr(node, "axis", default))
+    if rank is None or axis % rank == 1 or (b.graph.opset < 13 and axis % rank <= 1):
+        b.block(segs, f"{node.op} '{node.name}' over axis {axis} mixes channels")
+        return
+    b.set_layout(node.outputs[0], segs)
+
+
+_PASS_THROUGH = (
+    "Relu", "LeakyRelu", "Elu", "Selu", "Celu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh",
+    "Softplus", "Softsign", "Mish", "Gelu", "Erf", "Exp", "Log", "Sqrt", "Neg", "Abs",
+    "Reciprocal", "Floor", "Ceil", "Round", "Sign", "Cast", "Identity", "Dropout", "Clip",
+    "MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool",
+)
+_ELEMENTWISE = ("Add", "Sub", "Mul", "Div", "Max", "Min", "Sum", "Mean", "Pow", "PRelu")
+
+ROLES: dict[str, Handler] = {
+    "Conv": conv,
+    "ConvTranspose": conv_transpose,
+    "Gemm": gemm,
+    "MatMul": matmul,
+    "BatchNormalization": normalization,
+    "InstanceNormalization": normalization,
+    "Concat": concat,
+    "Flatten": flatten,
+    "Reshape": reshape,
+    "Squeeze": squeeze,
+    "Unsqueeze": squeeze,
+    "Resize": resize,
+    "Upsample": resize,
+    "Pad": pad,
+    "Shape": shape_reader,
+    "Softmax": softmax,
+    "LogSoftmax": softmax,
+    **{op: reduce for op in ("ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum", "ReduceL2")},
+    **dict.fromkeys(_PASS_THROUGH, _pass_through),
+    **dict.fromkeys(_ELEMENTWISE, elementwise),
+}

@@ -1,0 +1,32 @@
+"""Typed errors: each carries a one-line sentence a user can act on.
+
+The CLI prints ``str(error)`` and exits with code 2 for every :class:`OnnxPruneError`.
+"""
+
+
+class OnnxPruneError(Exception):
+    """Base class of every error onnxprune raises on purpose."""
+
+
+class InvalidModelError(OnnxPruneError):
+    """The input file is missing, unreadable, not ONNX, or fails the checker."""
+
+
+class UnsupportedModelError(OnnxPruneError):
+    """The model is valid ONNX but uses something onnxprune cannot handle."""
+
+
+class NothingToPruneError(OnnxPruneError):
+    """Every channel group of the model is blocked, so no filter can be removed."""
+
+
+class UsageError(OnnxPruneError):
+    """An option or argument is out of range or contradicts another one."""
+
+
+class PassError(OnnxPruneError):
+    """A graph pass failed; the message names the pass and the passes run before it."""
+
+
+class VerificationError(OnnxPruneError):
+    """The written model does not behave like the one it was derived from."""

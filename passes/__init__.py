@@ -1,0 +1,21 @@
+"""Graph passes: one per file, each a :class:`Pass` rewriting a graphsurgeon graph in place."""
+
+from onnxprune.passes._base import Pass, PassResult, run_passes
+from onnxprune.passes.cleanup import CleanupPass
+from onnxprune.passes.fold_batchnorm import FoldBatchNormPass
+from onnxprune.passes.fold_constant_nodes import FoldConstantNodesPass
+from onnxprune.passes.fold_removed_channels import FoldRemovedChannelsPass
+from onnxprune.passes.name_nodes import NameNodesPass
+from onnxprune.passes.prune_channels import PruneChannelsPass
+
+__all__ = [
+    "CleanupPass",
+    "FoldBatchNormPass",
+    "FoldConstantNodesPass",
+    "FoldRemovedChannelsPass",
+    "NameNodesPass",
+    "Pass",
+    "PassResult",
+    "PruneChannelsPass",
+    "run_passes",
+]

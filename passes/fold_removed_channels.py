@@ -1,0 +1,143 @@
+"""FoldRemovedChannelsPass: keep the effect of channels about to be removed (exact removal).
+
+Once a channel's producer weights are zero, its activation no longer depends on the input:
+it is whatever the producer bias becomes through the channel-wise ops that follow (a bias
+through ReLU, a depthwise kernel's bias, ...). Removing the channel outright would drop that
+constant. This pass measures it and adds what it contributes to each consumer's output:
+
+    consumer(x) = consumer(x with removed channels set to 0) + consumer_nobias(removed part)
+
+so that removing the channels afterwards is exact (DESIGN.md invariant 2).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from onnxprune.analysis import analyze
+from onnxprune.errors import PassError
+from onnxprune.graph import attr, constant_value, input_or_none, set_values
+from onnxprune.passes._base import Pass, PassResult
+from onnxprune.passes._evaluate import evaluate, evaluate_node
+
+
+class FoldRemovedChannelsPass(Pass):
+    """Fold the constant activation of every channel the plan removes into its consumers.
+
+    Rules:
+      1. Probe: with the producer weights (not biases) of removed channels zeroed, run the
+         graph on two random inputs and read each consumer's input; the removed channels
+         must read the same both times (else the pass refuses).
+      2. The consumer evaluated without bias on just those channels gives an offset.
+      3. An offset that is the same at every position goes into the consumer's bias (Conv,
+         ConvTranspose, Gemm; created when absent); otherwise (zero padding makes borders
+         differ, or the consumer is a MatMul) an Add of the offset follows the consumer, and
+         the consumer's output tensor keeps its name.
+      4. Offsets below 1e-12 are skipped.
+    ``ctx.plan`` holds the plan.
+    """
+
+    def call(self, graph: gs.Graph, ctx: Any) -> PassResult:
+        """Fold in place."""
+        removed = _removed_positions(graph, ctx.plan)
+        if not removed:
+            return PassResult(graph, False, {})
+        consumers = {n.name: n for n in graph.nodes if n.name in removed}
+        values = _probe(graph, ctx.plan, [consumers[name].inputs[0].name for name in removed])
+        folded = 0
+        for name, positions in removed.items():
+            node = consumers[name]
+            runs = values[node.inputs[0].name]
+            slab = np.zeros_like(runs[0])
+            slab[:, positions] = runs[0][:, positions]
+            other = np.zeros_like(runs[1])
+            other[:, positions] = runs[1][:, positions]
+            if not np.allclose(slab, other, rtol=1e-5, atol=1e-6):  # rule 1
+                raise PassError(f"removed channels of '{name}' still depend on the input")
+            if np.abs(slab).max() < 1e-12:  # rule 4
+                continue
+            _add_offset(graph, node, _linear_nobias(node, slab, graph.opset))
+            folded += 1
+        return PassResult(graph, folded > 0, {"consumers_folded": folded})
+
+
+def _removed_positions(graph: gs.Graph, plan: Any) -> dict[str, np.ndarray]:
+    """Map each consumer node to the input channel positions the plan removes."""
+    out: dict[str, list[np.ndarray]] = {}
+    for group in analyze(graph):
+        gone = plan.removed(group)
+        if gone.size:
+            for s in group.consumers:
+                out.setdefault(s.node, []).append(s.positions(gone))
+    return {k: np.unique(np.concatenate(v)) for k, v in out.items()}
+
+
+def _probe(graph: gs.Graph, plan: Any, tensors: list[str]) -> dict[str, list[np.ndarray]]:
+    """Run the graph with removed producers zeroed on two inputs; return both readings."""
+    zeroed = graph.copy()
+    by_name = zeroed.tensors()
+    for group in analyze(graph):
+        gone = plan.removed(group)
+        for s in group.producers:
+            if gone.size and not s.bias:
+                values = np.moveaxis(np.array(by_name[s.initializer].values), s.axis, 0)
+                values[s.positions(gone)] = 0
+                set_values(by_name[s.initializer], np.moveaxis(values, 0, s.axis))
+    rng = np.random.default_rng(0)
+    readings: dict[str, list[np.ndarray]] = {t: [] for t in tensors}
+    for _ in range(2):
+        feeds = {t.name: rng.standard_normal(_static(t.shape)).astype(t.dtype or np.float32)
+                 for t in zeroed.inputs}
+        for name, value in evaluate(zeroed, feeds, sorted(set(tensors))).items():
+            readings[name].append(value)
+    return readings
+
+
+def _static(shape: Any) -> list[int]:
+    dims = [d if isinstance(d, int) and d > 0 else 1 for d in (shape or [])]
+    if any(not isinstance(d, int) for d in list(shape or [])[1:]):
+        raise PassError("the probe needs static input dimensions after the batch")
+    return dims
+
+
+def _linear_nobias(node: gs.Node, x: np.ndarray, opset: int) -> np.ndarray:
+    """Evaluate the linear part of a consumer (no bias) on ``x``."""
+    w = constant_value(node.inputs[1])
+    if node.op in ("Conv", "ConvTranspose"):
+        return evaluate_node(node.op, node.attrs, [x.astype(w.dtype), w], opset)
+    if node.op == "Gemm":
+        w = w.T if attr(node, "transB", 0) else w
+        return float(attr(node, "alpha", 1.0)) * (x @ w)
+    return x @ w  # MatMul
+
+
+def _add_offset(graph: gs.Graph, node: gs.Node, offset: np.ndarray) -> None:
+    """Add ``offset`` (batch 1, channels on axis 1) to ``node``'s output (rule 3)."""
+    per_channel = np.moveaxis(offset[0], 0, -1).reshape(-1, offset.shape[1])
+    uniform = np.allclose(per_channel, per_channel[:1], rtol=1e-6, atol=1e-7)
+    dtype = offset.dtype
+    if uniform and node.op in ("Conv", "ConvTranspose", "Gemm"):
+        delta = per_channel[0].astype(dtype)
+        if node.op == "Gemm":
+            delta = delta / float(attr(node, "beta", 1.0))
+        bias = input_or_none(node, 2)
+        if bias is None:
+            node.inputs.append(gs.Constant(f"{node.name}_bias_folded", delta))
+        else:
+            current = constant_value(bias)
+            set_values(bias, (np.broadcast_to(current, delta.shape) + delta).astype(dtype)
+                       .reshape(current.shape if current.size == delta.size else delta.shape))
+        return
+    if uniform:
+        offset = per_channel[:1].reshape((1, -1) + (1,) * (offset.ndim - 2))
+    out = node.outputs[0]
+    inner = gs.Variable(f"{out.name}_before_fold", dtype=out.dtype)
+    node.outputs[0] = inner
+    add = gs.Node("Add", f"{node.name}_fold", inputs=[inner, gs.Constant(f"{node.name}_offset",
+                                                                         offset.astype(dtype))],
+                  outputs=[out])
+    graph.nodes.append(add)
+    graph.toposort()

@@ -154,9 +154,13 @@ def save(model: onnx.ModelProto, path: str | os.PathLike) -> int:
     The bytes go to a temporary file beside ``path`` that is renamed over it only once
     complete, so ``path`` holds the whole model or is left as it was.
     """
-    target = Path(path)
     data = model.SerializeToString()
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent or ".")
+    _atomic_write(data, Path(path))
+    return len(data)
+
+
+def _atomic_write(data: bytes, target: Path) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -164,7 +168,6 @@ def save(model: onnx.ModelProto, path: str | os.PathLike) -> int:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return len(data)
 
 
 def _drop_initializer_inputs(model: onnx.ModelProto) -> None:
@@ -180,3 +183,8 @@ def _drop_initializer_inputs(model: onnx.ModelProto) -> None:
 def _first_line(error: Exception) -> str:
     text = str(error).strip().splitlines()
     return text[0] if text else type(error).__name__
+
+
+def save_text(text: str, path: str | os.PathLike) -> None:
+    """Write ``text`` to ``path`` atomically (a temporary file renamed over it)."""
+    _atomic_write(text.encode(), Path(path))

@@ -7,7 +7,12 @@ constant. This pass measures it and adds what it contributes to each consumer's 
 
     consumer(x) = consumer(x with removed channels set to 0) + consumer_nobias(removed part)
 
-so that removing the channels afterwards is exact (DESIGN.md invariant 2).
+so that removing the channels afterwards is exact (DESIGN.md invariant 2). One case is not:
+a consumer that zero-pads its input (a 3x3 Conv with ``pads=1``) sees the constant at every
+position but the borders, where padding cuts it off, so the offset differs at the border
+positions. Storing the whole offset map would cost ``C_out * H * W`` parameters per layer,
+more than pruning saves; the pass folds the interior value into the bias and counts the
+layer in ``stats["border_approximations"]``. Retraining absorbs that border difference.
 """
 
 from __future__ import annotations
@@ -32,10 +37,10 @@ class FoldRemovedChannelsPass(Pass):
          graph on two random inputs and read each consumer's input; the removed channels
          must read the same both times (else the pass refuses).
       2. The consumer evaluated without bias on just those channels gives an offset.
-      3. An offset that is the same at every position goes into the consumer's bias (Conv,
-         ConvTranspose, Gemm; created when absent); otherwise (zero padding makes borders
-         differ, or the consumer is a MatMul) an Add of the offset follows the consumer, and
-         the consumer's output tensor keeps its name.
+      3. The offset goes into the consumer's bias (Conv, ConvTranspose, Gemm; created when
+         absent); a MatMul gets an Add of the offset after it, and its output tensor keeps its
+         name. Where zero padding makes the offset differ at the borders, the interior value
+         (the per-channel median) is folded and the layer counted as approximate.
       4. Offsets below 1e-12 are skipped.
     ``ctx.plan`` holds the plan.
     """
@@ -47,7 +52,7 @@ class FoldRemovedChannelsPass(Pass):
             return PassResult(graph, False, {})
         consumers = {n.name: n for n in graph.nodes if n.name in removed}
         values = _probe(graph, ctx.plan, [consumers[name].inputs[0].name for name in removed])
-        folded = 0
+        folded = approximate = 0
         for name, positions in removed.items():
             node = consumers[name]
             runs = values[node.inputs[0].name]
@@ -59,9 +64,11 @@ class FoldRemovedChannelsPass(Pass):
                 raise PassError(f"removed channels of '{name}' still depend on the input")
             if np.abs(slab).max() < 1e-12:  # rule 4
                 continue
-            _add_offset(graph, node, _linear_nobias(node, slab, graph.opset))
+            exact = _add_offset(graph, node, _linear_nobias(node, slab, graph.opset))
             folded += 1
-        return PassResult(graph, folded > 0, {"consumers_folded": folded})
+            approximate += not exact
+        return PassResult(graph, folded > 0, {"consumers_folded": folded,
+                                              "border_approximations": approximate})
 
 
 def _removed_positions(graph: gs.Graph, plan: Any) -> dict[str, np.ndarray]:
@@ -114,30 +121,31 @@ def _linear_nobias(node: gs.Node, x: np.ndarray, opset: int) -> np.ndarray:
     return x @ w  # MatMul
 
 
-def _add_offset(graph: gs.Graph, node: gs.Node, offset: np.ndarray) -> None:
-    """Add ``offset`` (batch 1, channels on axis 1) to ``node``'s output (rule 3)."""
+def _add_offset(graph: gs.Graph, node: gs.Node, offset: np.ndarray) -> bool:
+    """Add ``offset`` (batch 1, channels on axis 1) to ``node``'s output (rule 3).
+
+    Returns whether the offset was exact (the same at every position of a channel).
+    """
     per_channel = np.moveaxis(offset[0], 0, -1).reshape(-1, offset.shape[1])
-    uniform = np.allclose(per_channel, per_channel[:1], rtol=1e-6, atol=1e-7)
-    dtype = offset.dtype
-    if uniform and node.op in ("Conv", "ConvTranspose", "Gemm"):
-        delta = per_channel[0].astype(dtype)
-        if node.op == "Gemm":
-            delta = delta / float(attr(node, "beta", 1.0))
-        bias = input_or_none(node, 2)
-        if bias is None:
-            node.inputs.append(gs.Constant(f"{node.name}_bias_folded", delta))
-        else:
-            current = constant_value(bias)
-            set_values(bias, (np.broadcast_to(current, delta.shape) + delta).astype(dtype)
-                       .reshape(current.shape if current.size == delta.size else delta.shape))
-        return
-    if uniform:
-        offset = per_channel[:1].reshape((1, -1) + (1,) * (offset.ndim - 2))
-    out = node.outputs[0]
-    inner = gs.Variable(f"{out.name}_before_fold", dtype=out.dtype)
-    node.outputs[0] = inner
-    add = gs.Node("Add", f"{node.name}_fold", inputs=[inner, gs.Constant(f"{node.name}_offset",
-                                                                         offset.astype(dtype))],
-                  outputs=[out])
-    graph.nodes.append(add)
-    graph.toposort()
+    delta = np.median(per_channel, axis=0).astype(offset.dtype)
+    exact = bool(np.allclose(per_channel, delta, rtol=1e-6, atol=1e-7))
+    if node.op == "MatMul":
+        out = node.outputs[0]
+        inner = gs.Variable(f"{out.name}_before_fold", dtype=out.dtype)
+        node.outputs[0] = inner
+        graph.nodes.append(gs.Node("Add", f"{node.name}_fold", outputs=[out], inputs=[
+            inner, gs.Constant(f"{node.name}_offset", delta)]))
+        graph.toposort()
+        return exact
+    if node.op == "Gemm":
+        delta = delta / float(attr(node, "beta", 1.0))
+    bias = input_or_none(node, 2)
+    if bias is None:
+        node.inputs.append(gs.Constant(f"{node.name}_bias_folded", delta))
+    else:
+        current = constant_value(bias)
+        if current.size == delta.size:  # (N,) or (1, N): keep the shape
+            set_values(bias, (current + delta.reshape(current.shape)).astype(delta.dtype))
+        else:  # a broadcast scalar becomes one value per unit
+            set_values(bias, (current.reshape(-1)[0] + delta).astype(delta.dtype))
+    return exact

@@ -1,0 +1,145 @@
+"""The public entry points: ``prune`` (load, normalise, plan, rewrite, verify) and ``inspect``.
+
+Data flows one way: load -> normalise -> analyse -> method -> prune passes -> cleanup ->
+verify -> report. Each step is one call below; no step reaches back into an earlier one.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from onnxprune import methods, metrics
+from onnxprune import model as modelio
+from onnxprune.analysis import analyze
+from onnxprune.budget import Budget
+from onnxprune.errors import NothingToPruneError, VerificationError
+from onnxprune.groups import ChannelGroup
+from onnxprune.passes import run_passes
+from onnxprune.passes.pipeline import CLEANUP, NORMALIZE, PRUNE
+from onnxprune.plan import Plan
+
+
+@dataclass(frozen=True)
+class PruneContext:
+    """What the prune passes read."""
+
+    plan: Plan
+
+
+@dataclass
+class PruneResult:
+    """The pruned model, the plan that made it, and the report (the same dict as the JSON)."""
+
+    model: onnx.ModelProto
+    plan: Plan
+    report: dict[str, Any] = field(default_factory=dict)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the model atomically and record the path and size in the report."""
+        size = modelio.save(self.model, path)
+        self.report["output"] = str(path)
+        self.report["after"]["bytes"] = size
+
+
+def normalize(source: modelio.ModelLike) -> tuple[onnx.ModelProto, gs.Graph]:
+    """Load ``source`` and run the normalising passes; return the normalised model and graph."""
+    original = modelio.load(source)
+    graph = modelio.to_graph(original)
+    run_passes(NORMALIZE, graph)
+    normalized = modelio.to_model(graph, original)
+    return normalized, modelio.to_graph(normalized)
+
+
+def apply_plan(normalized: onnx.ModelProto, plan: Plan) -> onnx.ModelProto:
+    """Rewrite ``normalized`` by ``plan`` and return the checked result."""
+    graph = modelio.to_graph(normalized)
+    run_passes(PRUNE + CLEANUP, graph, PruneContext(plan))
+    pruned = modelio.to_model(graph, normalized)
+    try:
+        modelio.check(pruned)
+    except Exception as e:  # the checker and onnxruntime raise several types
+        raise VerificationError(f"the pruned model fails the checker: {e}") from e
+    return pruned
+
+
+def prune(model: modelio.ModelLike, method: str = "magnitude", *,
+          max_flops: float | None = None, max_params: float | None = None,
+          round_to: int | None = None, **options: Any) -> PruneResult:
+    """Prune ``model`` (a path or ModelProto) with ``method`` and return the result.
+
+    ``max_flops`` / ``max_params`` are the fractions of the original to keep; ``round_to``
+    rounds kept channel counts (default: this CPU's channel block, 1 disables). The input is
+    never modified. Raises :class:`onnxprune.OnnxPruneError` subclasses with a one-line reason.
+    """
+    budget = Budget(max_flops, max_params)
+    chosen = methods.create(method)
+    normalized, graph = normalize(model)
+    groups = tuple(analyze(graph))
+    if not any(not g.blocked for g in groups):
+        raise NothingToPruneError(f"{_where(model)}: nothing to prune: every channel group is "
+                                  "blocked (run `onnxprune inspect` to see why)")
+    ctx = methods.Context(graph, groups, budget,
+                          metrics.cpu_channel_block() if round_to is None else round_to, options)
+    plan = chosen.run(ctx)
+    pruned = apply_plan(normalized, plan)
+    _check_runs(normalized, pruned)
+    report = {
+        "method": method,
+        "input": _where(model),
+        "output": None,
+        "options": {"max_flops": max_flops, "max_params": max_params,
+                    "round_to": ctx.round_to, **options},
+        "before": _summary(modelio.load(normalized), model),
+        "after": _summary(pruned),
+        "groups": {"total": len(groups), "pruned": sum(plan.removed(g).size > 0 for g in groups),
+                   "blocked": sum(g.blocked is not None for g in groups)},
+        "blocked": [{"group": g.id, "reason": g.blocked} for g in groups if g.blocked],
+        "plan": {gid: len(kept) for gid, kept in plan.keep.items()},
+    }
+    return PruneResult(pruned, plan, report)
+
+
+@dataclass(frozen=True)
+class Inspection:
+    """What ``onnxprune inspect`` shows: per-layer costs and the channel groups."""
+
+    layers: list[metrics.Layer]
+    groups: list[ChannelGroup]
+    params: int
+    flops: int
+
+
+def inspect(model: modelio.ModelLike) -> Inspection:
+    """Return per-layer parameters, FLOPs and channels, and the channel groups of ``model``."""
+    _, graph = normalize(model)
+    params, flops = metrics.count(graph)
+    return Inspection(metrics.layers(graph), analyze(graph), params, flops)
+
+
+def _summary(model: onnx.ModelProto, source: modelio.ModelLike | None = None) -> dict[str, int]:
+    params, flops = metrics.count(modelio.to_graph(model))
+    if isinstance(source, (str, os.PathLike)):
+        size = metrics.file_bytes(source)
+    else:
+        size = metrics.model_bytes(source if isinstance(source, onnx.ModelProto) else model)
+    return {"params": params, "flops": flops, "bytes": size}
+
+
+def _check_runs(before: onnx.ModelProto, after: onnx.ModelProto) -> None:
+    """Run both models on the same input; outputs must keep their shapes and be finite."""
+    feeds = modelio.random_inputs(before, batch=2)
+    for a, b in zip(modelio.run(before, feeds), modelio.run(after, feeds), strict=True):
+        if a.shape != b.shape or not np.all(np.isfinite(b)):
+            raise VerificationError(f"the pruned model's output changed shape {a.shape} -> "
+                                    f"{b.shape} or is not finite")
+
+
+def _where(model: modelio.ModelLike) -> str:
+    return str(Path(model)) if isinstance(model, (str, os.PathLike)) else "<ModelProto>"

@@ -1,0 +1,177 @@
+"""The ``onnxprune`` command: parsing and printing only; the work is in :mod:`onnxprune.api`.
+
+``onnxprune IN --method M --out OUT`` prunes (no subcommand word needed); ``inspect`` and
+``bench`` are subcommands. A model file named like a subcommand is reached as ``./inspect``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from onnxprune import api, methods, metrics
+from onnxprune import model as modelio
+from onnxprune.errors import OnnxPruneError, UsageError
+
+EXIT_BAD_INPUT = 2
+
+
+class _DefaultToPrune(click.Group):
+    """A group whose first argument is a model path unless it names a subcommand."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h",
+                                                                     "--version"):
+            args = ["prune", *args]
+        return super().parse_args(ctx, args)
+
+
+@click.group(cls=_DefaultToPrune, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="onnxprune")
+def main() -> None:
+    r"""Prune an ONNX model into a smaller, faster ONNX model.
+
+    \b
+      onnxprune IN.onnx --method magnitude --max-flops 0.5 --out SMALL.onnx
+      onnxprune inspect IN.onnx [--json]
+      onnxprune bench IN.onnx SMALL.onnx
+    """
+
+
+def _fraction(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    if value is not None and not 0 < value <= 1:
+        raise UsageError(f"--{param.name.replace('_', '-')} must be in (0, 1], got {value}")
+    return value
+
+
+@main.command("prune")
+@click.argument("model", type=click.Path(dir_okay=True, path_type=Path))
+@click.option("--method", "method", default="magnitude", show_default=True,
+              help=f"Pruning method: {', '.join(methods.names())}.")
+@click.option("--out", "out", required=True, type=click.Path(path_type=Path),
+              help="Where to write the pruned model.")
+@click.option("--max-flops", type=float, callback=_fraction,
+              help="Fraction of the original FLOPs to keep, in (0, 1].")
+@click.option("--max-params", type=float, callback=_fraction,
+              help="Fraction of the original parameters to keep, in (0, 1].")
+@click.option("--round-to", type=click.IntRange(min=1),
+              help="Round kept channel counts to a multiple of N (default: this CPU's "
+                   "onnxruntime channel block, 16 with AVX-512, else 8; 1 disables).")
+@click.option("--report", "report_path", type=click.Path(path_type=Path),
+              help="Also write the report as JSON here.")
+@click.option("--quiet", is_flag=True, help="Print nothing but errors.")
+def prune_command(model: Path, method: str, out: Path, max_flops: float | None,
+                  max_params: float | None, round_to: int | None, report_path: Path | None,
+                  quiet: bool) -> None:
+    """Prune MODEL and write the result to --out."""
+    _check_paths(model, out, report_path)
+    result = api.prune(model, method, max_flops=max_flops, max_params=max_params,
+                       round_to=round_to)
+    result.save(out)
+    if report_path is not None:
+        modelio.save_text(json.dumps(result.report, indent=2) + "\n", report_path)
+    if not quiet:
+        click.echo(_before_after(result.report))
+
+
+@main.command("inspect")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+def inspect_command(model: Path, as_json: bool) -> None:
+    """Show per-layer parameters, FLOPs and channels, and the channel groups of MODEL."""
+    info = api.inspect(model)
+    data = {
+        "model": str(model),
+        "params": info.params,
+        "flops": info.flops,
+        "layers": [vars(layer) for layer in info.layers],
+        "groups": [{"id": g.id, "channels": g.size,
+                    "producers": sorted({s.node for s in g.producers}),
+                    "consumers": sorted({s.node for s in g.consumers}),
+                    "blocked": g.blocked} for g in info.groups],
+    }
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    rows = [(lay.name, lay.op, f"{lay.params:,}", f"{lay.flops:,}",
+             f"{lay.in_channels}->{lay.out_channels}") for lay in info.layers]
+    click.echo(_table(("layer", "op", "params", "FLOPs", "channels"), rows))
+    click.echo(f"total: {info.params:,} params, {info.flops:,} FLOPs (multiply-accumulates)\n")
+    rows = [(g["id"], str(g["channels"]), ", ".join(g["producers"]),
+             g["blocked"] or "prunable") for g in data["groups"]]
+    click.echo(_table(("group", "channels", "producers", "status"), rows))
+
+
+@main.command("bench")
+@click.argument("models", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--runs", default=50, show_default=True, type=click.IntRange(min=1))
+@click.option("--warmup", default=5, show_default=True, type=click.IntRange(min=0))
+@click.option("--batch", default=1, show_default=True, type=click.IntRange(min=1))
+@click.option("--threads", default=1, show_default=True, type=click.IntRange(min=0),
+              help="onnxruntime intra-op threads (0: all cores).")
+@click.option("--provider", type=click.Choice(["cpu", "cuda"]), default="cpu",
+              show_default=True)
+def bench_command(models: tuple[Path, ...], runs: int, warmup: int, batch: int, threads: int,
+                  provider: str) -> None:
+    """Time MODELS in onnxruntime (median and p90); speedup is against the first."""
+    name = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}[provider]
+    if name not in metrics.available_providers():
+        raise UsageError(f"onnxruntime on this machine has no {name}")
+    loaded = [modelio.load(m) for m in models]
+    timings = metrics.latency(loaded, batch=batch, runs=runs, warmup=warmup, threads=threads,
+                              provider=name)
+    base = timings[0].median_ms
+    rows = [(str(m), f"{t.median_ms:.3f}", f"{t.p90_ms:.3f}", f"{base / t.median_ms:.2f}x")
+            for m, t in zip(models, timings, strict=True)]
+    click.echo(_table(("model", "median ms", "p90 ms", "speedup"), rows))
+    click.echo(f"({runs} runs, batch {batch}, {threads or 'all'} thread(s), {name})")
+
+
+def _check_paths(model: Path, out: Path, report: Path | None) -> None:
+    if model.exists() and out.exists() and out.resolve() == model.resolve():
+        raise UsageError(f"{out}: --out is the input model; choose another path")
+    for target in (out, report):
+        if target is not None and not target.parent.resolve().is_dir():
+            raise UsageError(f"{target}: the folder {target.parent} does not exist")
+        if target is not None and target.is_dir():
+            raise UsageError(f"{target}: is a folder, not a file path")
+
+
+def _before_after(report: dict[str, Any]) -> str:
+    rows = []
+    for key, label in (("params", "params"), ("flops", "FLOPs"), ("bytes", "file bytes")):
+        before, after = report["before"][key], report["after"][key]
+        rows.append((label, f"{before:,}", f"{after:,}", f"{after / max(before, 1):.3f}"))
+    g = report["groups"]
+    return (_table(("", "before", "after", "kept"), rows)
+            + f"\ngroups: {g['pruned']} pruned of {g['total']} ({g['blocked']} blocked)"
+            + f"\nwrote {report['output']}")
+
+
+def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+    widths = [max(len(str(r[i])) for r in (header, *rows)) for i in range(len(header))]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+             for r in (header, *rows)]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def run() -> None:
+    """Entry point: run the command; print OnnxPruneError as one line and exit with 2."""
+    try:
+        main(standalone_mode=False)
+    except OnnxPruneError as e:
+        click.echo(f"onnxprune: error: {e}", err=True)
+        sys.exit(EXIT_BAD_INPUT)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        sys.exit(1)

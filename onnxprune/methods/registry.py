@@ -1,0 +1,66 @@
+"""Methods register here by name; the CLI and the API look them up here."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import onnx_graphsurgeon as gs
+
+from onnxprune.budget import Budget
+from onnxprune.errors import UsageError
+from onnxprune.groups import ChannelGroup
+from onnxprune.plan import Plan
+
+
+@dataclass(frozen=True)
+class Context:
+    """What every method gets: the normalised graph, its groups, the budget and options."""
+
+    graph: gs.Graph
+    groups: tuple[ChannelGroup, ...]
+    budget: Budget
+    round_to: int = 1
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def prunable(self) -> tuple[ChannelGroup, ...]:
+        """The groups that are not blocked."""
+        return tuple(g for g in self.groups if not g.blocked)
+
+
+class Method(Protocol):
+    """A pruning method: reads a context, returns a plan; it never edits the graph."""
+
+    name: str
+
+    def run(self, ctx: Context) -> Plan:
+        """Decide what to prune."""
+        ...
+
+
+_METHODS: dict[str, type] = {}
+
+
+def register(name: str) -> Callable[[type], type]:
+    """Class decorator registering a method under ``name``; a second use of a name raises."""
+    def decorate(cls: type) -> type:
+        if name in _METHODS:
+            raise ValueError(f"method '{name}' is already registered by {_METHODS[name].__name__}")
+        cls.name = name
+        _METHODS[name] = cls
+        return cls
+    return decorate
+
+
+def names() -> list[str]:
+    """Return the registered method names, sorted."""
+    return sorted(_METHODS)
+
+
+def create(name: str) -> Method:
+    """Return a new instance of the method called ``name``."""
+    if name not in _METHODS:
+        raise UsageError(f"unknown method '{name}' (known: {', '.join(names())})")
+    return _METHODS[name]()

@@ -57,7 +57,7 @@ class GroupBuilder:
     # groups
     def new_group(self, node: gs.Node, size: int) -> int:
         """Start a group of ``size`` channels created by ``node``."""
-        self._drafts.append(_Draft(size, node.name, len(self._drafts)))
+        self._drafts.append(_Draft(size, node.name or node.outputs[0].name, len(self._drafts)))
         self._parent.append(len(self._parent))
         return len(self._parent) - 1
 

@@ -30,7 +30,7 @@ class FoldConstantNodesPass(Pass):
         changed = True
         while changed:
             changed = False
-            for node in list(graph.nodes):
+            for node in [n for n in graph.nodes if n.outputs]:
                 values = _folded_value(node)
                 if values is None or len(node.outputs) != 1:
                     continue

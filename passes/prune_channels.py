@@ -30,7 +30,10 @@ class PruneChannelsPass(Pass):
     """
 
     def requires(self, graph: gs.Graph, ctx: Any) -> None:
-        """Refuse plans that do not fit the graph (rule 2)."""
+        """Refuse plans that do not fit the graph (rule 2); nodes need unique names."""
+        names = [n.name for n in graph.nodes]
+        if not all(names) or len(set(names)) != len(names):
+            raise PassError("nodes need unique names (run NameNodesPass first)")
         groups = {g.id: g for g in analyze(graph)}
         for gid, kept in ctx.plan.keep.items():
             group = groups.get(gid)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx.parser
 import pytest
 
 from onnxprune import api
@@ -18,6 +19,20 @@ from onnxprune.plan import Plan
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = sorted((ROOT / "sample_models").glob("*.onnx"))
 MNIST = ROOT.parent / "shared" / "data" / "mnist"
+
+
+HEADER = '<ir_version: 8, opset_import: ["": 13]>'
+
+
+def build(body: str, weights: dict[str, tuple[int, ...]], inputs: str = "float[N,4,8,8] x",
+          outputs: str = "float[N,?] y") -> onnx.ModelProto:
+    """A model written in ONNX text syntax, with seeded random float weights of these shapes."""
+    rng = np.random.default_rng(0)
+    inits = ", ".join(f"float[{','.join(map(str, shape))}] {name} = {{"
+                      + ",".join(f"{v:.3f}" for v in rng.standard_normal(int(np.prod(shape))))
+                      + "}" for name, shape in weights.items())
+    text = f"{HEADER} g ({inputs}) => ({outputs}) <{inits}> {{\n{body}\n}}"
+    return modelio.load(onnx.parser.parse_model(text))
 
 
 @cache

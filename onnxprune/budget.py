@@ -5,7 +5,9 @@ more important, comparable across groups), and the plan keeps, in each group, th
 scoring at least a global threshold ``t``, never fewer than one, with kept counts rounded up
 to a multiple of ``round_to`` (onnxruntime's CPU convolutions are fastest on channel counts
 that fill its blocked layout). FLOPs and parameters only fall as ``t`` rises, so a binary
-search over the candidate thresholds finds the least pruning that meets the budget.
+search over the candidate thresholds finds the least pruning that meets the budget. Rounding
+makes that search coarse (a 32-channel layer is either 16 or 32 wide), so a last greedy step
+gives blocks of channels back, best-scoring first, while the budget still holds.
 """
 
 from __future__ import annotations
@@ -57,12 +59,16 @@ def plan_for_budget(graph: gs.Graph, groups: Sequence[ChannelGroup],
     prunable = [g for g in groups if g.id in scores and not g.blocked]
     order = {g.id: np.argsort(-np.asarray(scores[g.id]), kind="stable") for g in prunable}
 
+    def plan_of(counts: Mapping[str, int]) -> Plan:
+        return Plan({g.id: tuple(sorted(int(i) for i in order[g.id][:counts[g.id]]))
+                     for g in prunable})
+
+    def counts_at(threshold: float) -> dict[str, int]:
+        return {g.id: rounded_keep(int((np.asarray(scores[g.id]) >= threshold).sum()), g.size,
+                                   round_to) for g in prunable}
+
     def plan_at(threshold: float) -> Plan:
-        keep = {}
-        for g in prunable:
-            k = rounded_keep(int((np.asarray(scores[g.id]) >= threshold).sum()), g.size, round_to)
-            keep[g.id] = tuple(sorted(int(i) for i in order[g.id][:k]))
-        return Plan(keep)
+        return plan_of(counts_at(threshold))
 
     def fits(plan: Plan) -> bool:
         params, flops = count(graph, planned_shapes(graph, groups, plan))
@@ -84,4 +90,15 @@ def plan_for_budget(graph: gs.Graph, groups: Sequence[ChannelGroup],
             hi = mid
         else:
             lo = mid + 1
-    return plan_at(candidates[lo])
+    counts = counts_at(candidates[lo])
+    while True:  # give back the best next block that still fits
+        offers = sorted(((float(np.mean(np.asarray(scores[g.id])[order[g.id][counts[g.id]:k]])),
+                          g.id, k) for g in prunable
+                         if (k := rounded_keep(counts[g.id] + 1, g.size, round_to))
+                         > counts[g.id]), reverse=True)
+        for _, gid, k in offers:
+            if fits(plan_of({**counts, gid: k})):
+                counts[gid] = k
+                break
+        else:
+            return plan_of(counts)

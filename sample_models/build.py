@@ -103,7 +103,7 @@ class LeNet5(nn.Module):
 
 
 class VGGBN(nn.Module):
-    """A small VGG: conv-BN-ReLU blocks 32, 32, pool, 64, 64, pool, global average pool, fc.
+    """A small VGG: conv-BN-ReLU blocks 64, 64, pool, 128, 128, pool, global average pool, fc.
 
     Coupling: plain chains, with BatchNormalization between each convolution and its ReLU
     (folded or not, depending on the export).
@@ -112,15 +112,15 @@ class VGGBN(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.features = nn.Sequential(
-            conv_bn_relu(1, 32),
-            conv_bn_relu(32, 32),
-            nn.MaxPool2d(2),
-            conv_bn_relu(32, 64),
+            conv_bn_relu(1, 64),
             conv_bn_relu(64, 64),
+            nn.MaxPool2d(2),
+            conv_bn_relu(64, 128),
+            conv_bn_relu(128, 128),
             nn.MaxPool2d(2),
         )
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(64, 10)
+        self.fc = nn.Linear(128, 10)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Return the logits of a batch of images."""
@@ -162,14 +162,14 @@ class ResNet(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.stem = conv_bn_relu(1, 16)
+        self.stem = conv_bn_relu(1, 32)
         self.layers = nn.Sequential(
-            BasicBlock(16, 16),
-            BasicBlock(16, 32, stride=2),
             BasicBlock(32, 32),
+            BasicBlock(32, 64, stride=2),
+            BasicBlock(64, 64),
         )
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(32, 10)
+        self.fc = nn.Linear(64, 10)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Return the logits of a batch of images."""

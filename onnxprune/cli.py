@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from onnx_graphsurgeon.logger import G_LOGGER
 
 from onnxprune import api, methods, metrics
 from onnxprune import model as modelio
@@ -132,8 +133,10 @@ def bench_command(models: tuple[Path, ...], runs: int, warmup: int, batch: int, 
 
 
 def _check_paths(model: Path, out: Path, report: Path | None) -> None:
-    if model.exists() and out.exists() and out.resolve() == model.resolve():
+    if out.resolve() == model.resolve():
         raise UsageError(f"{out}: --out is the input model; choose another path")
+    if report is not None and report.resolve() in (model.resolve(), out.resolve()):
+        raise UsageError(f"{report}: --report must differ from the model and --out")
     for target in (out, report):
         if target is not None and not target.parent.resolve().is_dir():
             raise UsageError(f"{target}: the folder {target.parent} does not exist")
@@ -162,6 +165,7 @@ def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
 
 def run() -> None:
     """Entry point: run the command; print OnnxPruneError as one line and exit with 2."""
+    G_LOGGER.severity = G_LOGGER.ERROR  # graphsurgeon warns on stdout, which carries our JSON
     try:
         main(standalone_mode=False)
     except OnnxPruneError as e:

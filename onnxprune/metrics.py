@@ -65,9 +65,9 @@ def layers(graph: gs.Graph, shapes: Shapes | None = None) -> list[Layer]:
         if node.op not in _WEIGHT_INPUT or len(node.inputs) <= 1:
             continue
         weight = node.inputs[1]
-        if weight.name not in shapes:
+        w = shapes.get(weight.name) or _static_shape(weight)
+        if w is None:
             continue
-        w = shapes[weight.name]
         params = sum(int(np.prod(shapes[t.name])) for t in node.inputs[1:] if t.name in shapes)
         macs = int(np.prod(w)) * _positions(node)
         c_in, c_out = _channels(node, w)
@@ -83,6 +83,14 @@ def count(graph: gs.Graph, shapes: Shapes | None = None) -> tuple[int, int]:
 
 
 _WEIGHT_INPUT = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
+def _static_shape(tensor: gs.Tensor) -> tuple[int, ...] | None:
+    """The inferred shape of a computed weight (a Cast of float16 weights, say), if static."""
+    shape = tensor.shape
+    if shape is None or not all(isinstance(d, int) and d > 0 for d in shape):
+        return None
+    return tuple(shape)
 
 
 def _positions(node: gs.Node) -> int:

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnx.helper
+import onnx.numpy_helper
 import onnx_graphsurgeon as gs
 import onnxruntime as ort
 from google.protobuf.message import DecodeError
@@ -58,6 +59,7 @@ def load(source: ModelLike) -> onnx.ModelProto:
             "upgrade it with onnx.version_converter"
         )
     _drop_initializer_inputs(model)
+    _densify_sparse(model)
     return infer_shapes(model)
 
 
@@ -164,10 +166,41 @@ def _atomic_write(data: bytes, target: Path) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would otherwise survive the rename
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _densify_sparse(model: onnx.ModelProto) -> None:
+    """Store sparse initializers and sparse Constant values densely (graphsurgeon drops them)."""
+    graph = model.graph
+    graph.initializer.extend(_dense(sparse) for sparse in graph.sparse_initializer)
+    del graph.sparse_initializer[:]
+    for node in graph.node:
+        for attribute in node.attribute:
+            if node.op_type == "Constant" and attribute.name == "sparse_value":
+                dense = _dense(attribute.sparse_tensor)
+                attribute.Clear()
+                attribute.CopyFrom(onnx.helper.make_attribute("value", dense))
+
+
+def _dense(sparse: onnx.SparseTensorProto) -> onnx.TensorProto:
+    values = onnx.numpy_helper.to_array(sparse.values)
+    dims = tuple(sparse.dims)
+    dense = np.zeros(int(np.prod(dims)), dtype=values.dtype)
+    indices = onnx.numpy_helper.to_array(sparse.indices).astype(np.int64)
+    if indices.ndim == 2:  # one row of coordinates per value
+        indices = np.ravel_multi_index(indices.T, dims)
+    dense[indices.reshape(-1)] = values.reshape(-1)
+    return onnx.numpy_helper.from_array(dense.reshape(dims), sparse.values.name)
 
 
 def _drop_initializer_inputs(model: onnx.ModelProto) -> None:

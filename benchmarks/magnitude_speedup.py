@@ -36,8 +36,8 @@ def main() -> None:
           f"all threads = {threads_all}")
     header = ("model", "target", "round", "FLOPs kept", "speedup 1t", "eff 1t",
               f"speedup {threads_all}t", f"eff {threads_all}t")
-    print(" | ".join(header))
-    print(" | ".join("---" for _ in header))
+    print(_row(header))
+    print(_row(["---"] * len(header)))
     for name in names:
         original = modelio.load(SAMPLES / f"{name}.onnx")
         for target in args.targets:
@@ -45,8 +45,9 @@ def main() -> None:
                 try:
                     result = api.prune(original, "magnitude", max_flops=target,
                                        round_to=round_to)
-                except UsageError as e:
-                    print(f"{name} | {target} | {round_to} | cannot: {e}")
+                except UsageError:
+                    print(_row([name, f"{target:.2f}", str(round_to),
+                                "not reachable with this rounding", "", "", "", ""]))
                     continue
                 kept = result.report["after"]["flops"] / result.report["before"]["flops"]
                 row = [name, f"{target:.2f}", str(round_to), f"{kept:.3f}"]
@@ -55,7 +56,11 @@ def main() -> None:
                                                    runs=args.runs, threads=threads)
                     speedup = base.median_ms / pruned.median_ms
                     row += [f"{speedup:.2f}x", f"{speedup * kept:.2f}"]
-                print(" | ".join(row), flush=True)
+                print(_row(row), flush=True)
+
+
+def _row(cells: list[str] | tuple[str, ...]) -> str:
+    return "| " + " | ".join(cells) + " |"
 
 
 if __name__ == "__main__":

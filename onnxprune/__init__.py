@@ -1,5 +1,6 @@
 """onnxprune: prune trained ONNX models into smaller, faster ONNX models."""
 
+from onnxprune.api import PruneResult, inspect, prune
 from onnxprune.errors import (
     InvalidModelError,
     NothingToPruneError,
@@ -11,6 +12,9 @@ from onnxprune.errors import (
 )
 
 __all__ = [
+    "PruneResult",
+    "inspect",
+    "prune",
     "InvalidModelError",
     "NothingToPruneError",
     "OnnxPruneError",

@@ -82,7 +82,8 @@ def plan_for_budget(graph: gs.Graph, groups: Sequence[ChannelGroup],
         raise UsageError(
             f"the budget cannot be met: keeping {round_to if round_to > 1 else 1} channel(s) per "
             f"prunable group still leaves {flops / flops0:.3f} of the FLOPs and "
-            f"{params / params0:.3f} of the parameters")
+            f"{params / params0:.3f} of the parameters"
+            + ("; a smaller --round-to lets groups shrink further" if round_to > 1 else ""))
     lo, hi = 0, len(candidates) - 1  # fits(candidates[hi]) holds
     while lo < hi:
         mid = (lo + hi) // 2

@@ -19,7 +19,7 @@ from onnxprune import methods, metrics
 from onnxprune import model as modelio
 from onnxprune.analysis import analyze
 from onnxprune.budget import Budget
-from onnxprune.errors import NothingToPruneError, VerificationError
+from onnxprune.errors import NothingToPruneError, UsageError, VerificationError
 from onnxprune.groups import ChannelGroup
 from onnxprune.passes import run_passes
 from onnxprune.passes.pipeline import CLEANUP, NORMALIZE, PRUNE
@@ -80,6 +80,9 @@ def prune(model: modelio.ModelLike, method: str = "magnitude", *,
     """
     budget = Budget(max_flops, max_params)
     chosen = methods.create(method)
+    unknown = sorted(set(options) - set(chosen.options))
+    if unknown:
+        raise UsageError(f"method '{method}' takes no option {', '.join(unknown)}")
     normalized, graph = normalize(model)
     groups = tuple(analyze(graph))
     if not any(not g.blocked for g in groups):
@@ -87,7 +90,10 @@ def prune(model: modelio.ModelLike, method: str = "magnitude", *,
                                   "blocked (run `onnxprune inspect` to see why)")
     ctx = methods.Context(graph, groups, budget,
                           metrics.cpu_channel_block() if round_to is None else round_to, options)
-    plan = chosen.run(ctx)
+    try:
+        plan = chosen.run(ctx)
+    except UsageError as e:
+        raise UsageError(f"{_where(model)}: {e}") from e
     pruned = apply_plan(normalized, plan)
     _check_runs(normalized, pruned)
     report = {
@@ -96,7 +102,7 @@ def prune(model: modelio.ModelLike, method: str = "magnitude", *,
         "output": None,
         "options": {"max_flops": max_flops, "max_params": max_params,
                     "round_to": ctx.round_to, **options},
-        "before": _summary(modelio.load(normalized), model),
+        "before": _summary(normalized, model),
         "after": _summary(pruned),
         "groups": {"total": len(groups), "pruned": sum(plan.removed(g).size > 0 for g in groups),
                    "blocked": sum(g.blocked is not None for g in groups)},

@@ -71,6 +71,14 @@ def _pass_through(b: GroupBuilder, node: gs.Node) -> None:
         b.set_layout(node.outputs[0], segs)
 
 
+def _attr_or_input(b: GroupBuilder, node: gs.Node, name: str) -> np.ndarray | None:
+    """An operand given as attribute ``name`` (old opsets) or as constant input 1 (new)."""
+    value = attr(node, name)
+    if value is None and len(node.inputs) > 1:
+        value = b.constant(node.inputs[1])
+    return None if value is None else np.ravel(value)
+
+
 def _channel_span(segs: list[Seg]) -> int:
     return sum(s.span for s in segs)
 
@@ -297,9 +305,7 @@ def reduce(b: GroupBuilder, node: gs.Node) -> None:
     rank = _rank(node.inputs[0])
     if segs is None:
         return
-    axes = attr(node, "axes")
-    if axes is None and len(node.inputs) > 1:
-        axes = b.constant(node.inputs[1])
+    axes = _attr_or_input(b, node, "axes")
     if rank is None or axes is None or {int(a) % rank for a in np.ravel(axes)} & {0, 1}:
         b.block(segs, f"{node.op} '{node.name}' reduces over the channel axis")
         return
@@ -311,9 +317,7 @@ def squeeze(b: GroupBuilder, node: gs.Node) -> None:
     segs = b.layout(node.inputs[0])
     if segs is None:
         return
-    axes = attr(node, "axes")
-    if axes is None and len(node.inputs) > 1:
-        axes = b.constant(node.inputs[1])
+    axes = _attr_or_input(b, node, "axes")
     rank = _rank(node.outputs[0] if node.op == "Unsqueeze" else node.inputs[0])
     if rank is None or axes is None or min(int(a) % rank for a in np.ravel(axes)) < 2:
         b.block(segs, f"{node.op} '{node.name}' moves the channel axis")
@@ -340,9 +344,7 @@ def pad(b: GroupBuilder, node: gs.Node) -> None:
     segs = b.layout(node.inputs[0])
     if segs is None:
         return
-    pads = attr(node, "pads")
-    if pads is None and len(node.inputs) > 1:
-        pads = b.constant(node.inputs[1])
+    pads = _attr_or_input(b, node, "pads")
     rank = _rank(node.inputs[0])
     ok = pads is not None and rank is not None and len(node.inputs) < 4
     if ok:

@@ -34,13 +34,13 @@ class _DefaultToPrune(click.Group):
 @click.group(cls=_DefaultToPrune, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="onnxprune")
 def main() -> None:
-    r"""Prune an ONNX model into a smaller, faster ONNX model.
+    """Prune an ONNX model into a smaller, faster ONNX model.
 
     \b
       onnxprune IN.onnx --method magnitude --max-flops 0.5 --out SMALL.onnx
       onnxprune inspect IN.onnx [--json]
       onnxprune bench IN.onnx SMALL.onnx
-    """
+    """  # noqa: D301
 
 
 def _fraction(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:

@@ -32,6 +32,15 @@ def test_zero_channel_equivalence(sample: Path, seed: int) -> None:
     assert pruned.ByteSize() < model.ByteSize()
 
 
+def _prune_with_biases_kept(model: onnx.ModelProto, plan: Plan, feeds: dict):  # noqa: ANN202
+    """Outputs with removed filters zeroed (biases kept) and after pruning, and fold stats."""
+    silent = zeroed(model, plan, biases=False)
+    graph = modelio.to_graph(silent)
+    stats = dict(run_passes(PRUNE, graph, api.PruneContext(plan)))
+    got = modelio.run(modelio.to_model(graph, model), feeds)
+    return modelio.run(silent, feeds), got, stats["FoldRemovedChannelsPass"].stats
+
+
 @pytest.mark.parametrize("seed", SEEDS)
 def test_removal_with_nonzero_bias_is_exact_where_the_pass_says_so(sample: Path, seed: int) -> None:
     """With biases kept, the constant activation of removed channels is folded exactly.
@@ -42,12 +51,8 @@ def test_removal_with_nonzero_bias_is_exact_where_the_pass_says_so(sample: Path,
     model = normalized(sample)
     plan = random_plan(groups_of(model), seed)
     feeds = modelio.random_inputs(model, batch=3, seed=seed)
-    silent = zeroed(model, plan, biases=False)
-    expected = modelio.run(silent, feeds)
-    graph = modelio.to_graph(silent)
-    stats = dict(run_passes(PRUNE, graph, api.PruneContext(plan)))
-    got = modelio.run(modelio.to_model(graph, model), feeds)
-    if stats["FoldRemovedChannelsPass"].stats.get("border_approximations", 0) == 0:
+    expected, got, fold = _prune_with_biases_kept(model, plan, feeds)
+    if fold.get("border_approximations", 0) == 0:
         assert max_diff(expected, got) <= 1e-5
 
 
@@ -59,13 +64,9 @@ def test_bias_fold_is_exercised_and_exact_on_pad_free_consumers(name: str) -> No
     for seed in SEEDS:
         plan = random_plan(groups_of(model), seed)
         feeds = modelio.random_inputs(model, batch=2, seed=seed)
-        silent = zeroed(model, plan, biases=False)
-        expected = modelio.run(silent, feeds)
-        graph = modelio.to_graph(silent)
-        stats = dict(run_passes(PRUNE, graph, api.PruneContext(plan)))
-        fold = stats["FoldRemovedChannelsPass"].stats
+        expected, got, fold = _prune_with_biases_kept(model, plan, feeds)
         assert fold["consumers_folded"] > 0 and fold["border_approximations"] == 0
-        assert max_diff(expected, modelio.run(modelio.to_model(graph, model), feeds)) <= 1e-5
+        assert max_diff(expected, got) <= 1e-5
         dropped = modelio.run(zeroed(model, plan, biases=True), feeds)
         assert max_diff(expected, dropped) > 1e-4, "the biases should matter in this test"
 

@@ -64,3 +64,10 @@ def test_magnitude_needs_a_target() -> None:
     ctx = methods.Context(modelio.to_graph(model), tuple(groups_of(model)), Budget(), 1)
     with pytest.raises(UsageError, match="--max-flops"):
         methods.create("magnitude").run(ctx)
+
+
+def test_unknown_option_is_refused() -> None:
+    from onnxprune import prune
+
+    with pytest.raises(UsageError, match="takes no option epochs"):
+        prune(ROOT / "sample_models" / "lenet5.onnx", max_flops=0.5, round_to=1, epochs=3)

@@ -31,9 +31,13 @@ class Context:
 
 
 class Method(Protocol):
-    """A pruning method: reads a context, returns a plan; it never edits the graph."""
+    """A pruning method: reads a context, returns a plan; it never edits the graph.
+
+    ``options`` names the keyword options the method reads from ``Context.options``.
+    """
 
     name: str
+    options: frozenset[str]
 
     def run(self, ctx: Context) -> Plan:
         """Decide what to prune."""

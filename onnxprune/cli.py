@@ -43,6 +43,37 @@ def main() -> None:
     """  # noqa: D301
 
 
+def _data_options(command: Any) -> Any:
+    """The options that say where data comes from, shared by prune and eval."""
+    for option in reversed([
+        click.option("--data", help="Training data: X.npz (arrays x, y), an image folder "
+                                    "(one subfolder per class), or module:function."),
+        click.option("--val-data", help="Validation data, in the same forms (default: a "
+                                        "seeded 10 % of --data)."),
+        click.option("--input-size", help="Image folders: resize to HxW, e.g. 224x224 "
+                                          "(default: the model's input size)."),
+        click.option("--mean", help="Image folders: per-channel mean, e.g. 0.485,0.456,0.406."),
+        click.option("--std", help="Image folders: per-channel std, e.g. 0.229,0.224,0.225."),
+    ]):
+        command = option(command)
+    return command
+
+
+def _parsed(options: dict[str, Any]) -> dict[str, Any]:
+    """Turn the text forms of --input-size, --mean and --std into numbers."""
+    out = dict(options)
+    try:
+        if out.get("input_size"):
+            out["input_size"] = tuple(int(v) for v in out["input_size"].lower().split("x"))
+        for key in ("mean", "std"):
+            if out.get(key):
+                out[key] = [float(v) for v in out[key].split(",")]
+    except ValueError as e:
+        raise UsageError(f"--input-size takes HxW and --mean/--std comma-separated numbers "
+                         f"({e})") from e
+    return out
+
+
 def _fraction(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
     if value is not None and not 0 < value <= 1:
         raise UsageError(f"--{param.name.replace('_', '-')} must be in (0, 1], got {value}")
@@ -64,17 +95,24 @@ def _fraction(ctx: click.Context, param: click.Parameter, value: float | None) -
                    "onnxruntime channel block, 16 with AVX-512, else 8; 1 disables).")
 @click.option("--report", "report_path", type=click.Path(path_type=Path),
               help="Also write the report as JSON here.")
+@_data_options
+@click.option("--epochs", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Fine-tune the pruned model for this many epochs.")
+@click.option("--lr", default=0.01, show_default=True, type=float, help="SGD learning rate.")
+@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
+@click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
+@click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--quiet", is_flag=True, help="Print nothing but errors.")
-def prune_command(model: Path, method: str, out: Path, max_flops: float | None,
-                  max_params: float | None, round_to: int | None, report_path: Path | None,
-                  quiet: bool) -> None:
+def prune_command(model: Path, method: str, out: Path, report_path: Path | None, quiet: bool,
+                  **options: Any) -> None:
     """Prune MODEL and write the result to --out."""
     _check_paths(model, out, report_path)
-    result = api.prune(model, method, max_flops=max_flops, max_params=max_params,
-                       round_to=round_to)
+    result = api.prune(model, method, quiet=quiet, **_parsed(options))
     result.save(out)
     if report_path is not None:
         modelio.save_text(json.dumps(result.report, indent=2) + "\n", report_path)
+    for warning in result.report["warnings"]:
+        click.echo(f"onnxprune: warning: {warning}", err=True)
     if not quiet:
         click.echo(_before_after(result.report))
 
@@ -105,6 +143,23 @@ def inspect_command(model: Path, as_json: bool) -> None:
     rows = [(g["id"], str(g["channels"]), ", ".join(g["producers"]),
              g["blocked"] or "prunable") for g in data["groups"]]
     click.echo(_table(("group", "channels", "producers", "status"), rows))
+
+
+@main.command("eval")
+@click.argument("model", type=click.Path(path_type=Path))
+@_data_options
+@click.option("--reference", type=click.Path(path_type=Path),
+              help="Report agreement with this model instead of accuracy.")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+def eval_command(model: Path, reference: Path | None, as_json: bool, **options: Any) -> None:
+    """Accuracy of MODEL on --data in onnxruntime (top-1, top-5), or agreement with --reference."""
+    if options["data"] is None:
+        raise UsageError(f"{model}: eval needs --data")
+    scores = api.evaluate(model, reference=reference, **_parsed(options))
+    if as_json:
+        click.echo(json.dumps(scores, indent=2))
+        return
+    click.echo(_table(("metric", "value"), [(k, f"{v:.4f}") for k, v in scores.items()]))
 
 
 @main.command("bench")

@@ -97,6 +97,19 @@ def to_model(graph: gs.Graph, like: onnx.ModelProto) -> onnx.ModelProto:
     return infer_shapes(model)
 
 
+def with_initializers(model: onnx.ModelProto,
+                      values: Mapping[str, np.ndarray]) -> onnx.ModelProto:
+    """Return a copy of ``model`` whose named initializers hold ``values`` (same graph)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for i, tensor in enumerate(out.graph.initializer):
+        if tensor.name in values:
+            array = np.asarray(values[tensor.name]).astype(
+                onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type), copy=False)
+            out.graph.initializer[i].CopyFrom(onnx.numpy_helper.from_array(array, tensor.name))
+    return out
+
+
 def check(model: onnx.ModelProto) -> None:
     """Run the full ONNX checker and open an onnxruntime session; raise on any failure."""
     onnx.checker.check_model(model, full_check=True)

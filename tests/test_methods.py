@@ -69,5 +69,5 @@ def test_magnitude_needs_a_target() -> None:
 def test_unknown_option_is_refused() -> None:
     from onnxprune import prune
 
-    with pytest.raises(UsageError, match="takes no option epochs"):
-        prune(ROOT / "sample_models" / "lenet5.onnx", max_flops=0.5, round_to=1, epochs=3)
+    with pytest.raises(UsageError, match="takes no option rho"):
+        prune(ROOT / "sample_models" / "lenet5.onnx", max_flops=0.5, round_to=1, rho=3)

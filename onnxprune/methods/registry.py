@@ -9,20 +9,29 @@ from typing import Any, Protocol
 import onnx_graphsurgeon as gs
 
 from onnxprune.budget import Budget
+from onnxprune.data import Dataset
 from onnxprune.errors import UsageError
 from onnxprune.groups import ChannelGroup
 from onnxprune.plan import Plan
+from onnxprune.train import TrainConfig
 
 
 @dataclass(frozen=True)
 class Context:
-    """What every method gets: the normalised graph, its groups, the budget and options."""
+    """What every method gets.
+
+    The normalised graph, its groups, the budget, the method's options, and for methods that
+    train, the training and validation data and the training options.
+    """
 
     graph: gs.Graph
     groups: tuple[ChannelGroup, ...]
     budget: Budget
     round_to: int = 1
     options: Mapping[str, Any] = field(default_factory=dict)
+    data: Dataset | None = None
+    val_data: Dataset | None = None
+    train: TrainConfig = field(default_factory=TrainConfig)
 
     @property
     def prunable(self) -> tuple[ChannelGroup, ...]:

@@ -1,0 +1,566 @@
+"""The shadow model's op table: one small PyTorch function per ONNX op, mirroring the spec.
+
+Each function takes the op's inputs positionally, in spec order, as torch tensors (a missing
+optional input is ``None``), and its attributes as keywords with the spec's names and defaults.
+It returns a tensor, or a tuple for ops with several outputs. Inputs that ONNX defines as shapes,
+axes or indices arrive as int64 tensors and are read with ``.tolist()``; float data never is, so
+everything differentiable in ONNX is differentiable here.
+
+Where an op's meaning changed between opsets, each meaning is its own function and
+:func:`resolve` picks the one in force at the model's opset: Softmax before 13 flattens the input
+to 2-D at ``axis`` (``y = softmax(x.reshape(prod(shape[:axis]), -1), 1)``) where from 13 it
+works along ``axis``; axes, split sizes, pads, clip bounds and dropout ratios move from attributes
+to inputs. The layer ops (Conv, pools, normalisations, Pad, Resize) live in
+:mod:`onnxprune.ops_nn`.
+
+Integer semantics follow ONNX: Shape gives int64, Div truncates integers toward zero, Mod without
+``fmod`` takes the divisor's sign, Cast truncates floats toward zero.
+
+One op needs more than its node's inputs and attributes: a Split without split sizes before
+opset 18 cuts into as many parts as the node has outputs, so the caller passes
+``num_outputs=len(node.outputs)`` (the attribute opset 18 introduced for the same thing).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from onnxprune import ops_nn
+from onnxprune.errors import UnsupportedModelError
+
+Tensor = torch.Tensor
+Ints = Sequence[int]
+Op = Callable[..., Any]
+
+FLT_MAX = 3.4028234663852886e38
+
+
+# -- elementwise ---------------------------------------------------------------------------
+def identity(x: Tensor) -> Tensor:
+    """Identity."""
+    return x
+
+
+def div(a: Tensor, b: Tensor) -> Tensor:
+    """Div: true division of floats, integers truncated toward zero."""
+    return torch.div(a, b) if a.is_floating_point() else torch.div(a, b, rounding_mode="trunc")
+
+
+def pow_(x: Tensor, y: Tensor) -> Tensor:
+    """Pow: the result has the base's type."""
+    return torch.pow(x, y).to(x.dtype)
+
+
+def mod(a: Tensor, b: Tensor, *, fmod: int = 0) -> Tensor:
+    """Mod: C fmod (sign of the dividend) or Python's % (sign of the divisor)."""
+    return torch.fmod(a, b) if fmod else torch.remainder(a, b)
+
+
+def sum_(*inputs: Tensor) -> Tensor:
+    """Sum of any number of broadcast inputs."""
+    return functools.reduce(torch.add, inputs)
+
+
+def mean(*inputs: Tensor) -> Tensor:
+    """Mean of any number of broadcast inputs."""
+    return sum_(*inputs) / len(inputs)
+
+
+def max_(*inputs: Tensor) -> Tensor:
+    """Max of any number of broadcast inputs."""
+    return functools.reduce(torch.maximum, inputs)
+
+
+def min_(*inputs: Tensor) -> Tensor:
+    """Min of any number of broadcast inputs."""
+    return functools.reduce(torch.minimum, inputs)
+
+
+def clip(x: Tensor, min: Tensor | None = None, max: Tensor | None = None) -> Tensor:
+    """Clip from opset 11: bounds as optional inputs."""
+    return x if min is None and max is None else torch.clamp(x, min, max)
+
+
+def clip_6(x: Tensor, *, max: float = FLT_MAX, min: float = -FLT_MAX) -> Tensor:
+    """Clip before opset 11: bounds as attributes."""
+    return torch.clamp(x, min, max)
+
+
+def leaky_relu(x: Tensor, *, alpha: float = 0.01) -> Tensor:
+    """LeakyRelu."""
+    return F.leaky_relu(x, alpha)
+
+
+def prelu(x: Tensor, slope: Tensor) -> Tensor:
+    """PRelu with a slope broadcast to x (F.prelu when it is per channel or scalar)."""
+    per_channel = x.ndim >= 2 and slope.shape == (x.shape[1],) + (1,) * (x.ndim - 2)
+    if slope.numel() == 1 or per_channel:
+        return F.prelu(x, slope.reshape(-1))
+    return torch.where(x < 0, x * slope, x)
+
+
+def elu(x: Tensor, *, alpha: float = 1.0) -> Tensor:
+    """Elu."""
+    return F.elu(x, alpha)
+
+
+def selu(x: Tensor, *, alpha: float = 1.67326319217681884765625,
+         gamma: float = 1.05070102214813232421875) -> Tensor:
+    """Selu."""
+    return gamma * F.elu(x, alpha)
+
+
+def celu(x: Tensor, *, alpha: float = 1.0) -> Tensor:
+    """Celu."""
+    return F.celu(x, alpha)
+
+
+def thresholded_relu(x: Tensor, *, alpha: float = 1.0) -> Tensor:
+    """ThresholdedRelu."""
+    return torch.where(x > alpha, x, torch.zeros_like(x))
+
+
+def hard_sigmoid(x: Tensor, *, alpha: float = 0.2, beta: float = 0.5) -> Tensor:
+    """HardSigmoid: ``clamp(alpha x + beta, 0, 1)``."""
+    return torch.clamp(x * alpha + beta, 0.0, 1.0)
+
+
+def shrink(x: Tensor, *, bias: float = 0.0, lambd: float = 0.5) -> Tensor:
+    """Shrink."""
+    return torch.where(x < -lambd, x + bias, torch.where(x > lambd, x - bias, x * 0))
+
+
+def gelu(x: Tensor, *, approximate: str = "none") -> Tensor:
+    """Gelu (opset 20), exact or tanh-approximated."""
+    return F.gelu(x, approximate=approximate)
+
+
+def is_inf(x: Tensor, *, detect_negative: int = 1, detect_positive: int = 1) -> Tensor:
+    """IsInf."""
+    positive, negative = torch.isposinf(x), torch.isneginf(x)
+    return (positive & bool(detect_positive)) | (negative & bool(detect_negative))
+
+
+def softmax(x: Tensor, *, axis: int = -1) -> Tensor:
+    """Softmax from opset 13: along ``axis``."""
+    return torch.softmax(x, axis)
+
+
+def softmax_1(x: Tensor, *, axis: int = 1) -> Tensor:
+    """Softmax before opset 13: over the input flattened to 2-D at ``axis``."""
+    return torch.softmax(x.flatten(axis), -1).reshape(x.shape)
+
+
+def log_softmax(x: Tensor, *, axis: int = -1) -> Tensor:
+    """LogSoftmax from opset 13: along ``axis``."""
+    return torch.log_softmax(x, axis)
+
+
+def log_softmax_1(x: Tensor, *, axis: int = 1) -> Tensor:
+    """LogSoftmax before opset 13: over the input flattened to 2-D at ``axis``."""
+    return torch.log_softmax(x.flatten(axis), -1).reshape(x.shape)
+
+
+def dropout(data: Tensor, ratio: Tensor | None = None, training_mode: Tensor | None = None, *,
+            seed: int | None = None) -> tuple[Tensor, Tensor]:
+    """Dropout from opset 12: identity (and an all-true mask) unless training_mode is true."""
+    if training_mode is not None and bool(training_mode):
+        p = 0.5 if ratio is None else float(ratio)
+        mask = torch.rand_like(data) >= p
+        return data * mask / (1 - p), mask
+    return data, torch.ones((), dtype=torch.bool, device=data.device).expand(data.shape)
+
+
+def dropout_7(data: Tensor, *, ratio: float = 0.5) -> tuple[Tensor, Tensor]:
+    """Dropout of opsets 7 to 9 at inference: identity, and zeros for the mask (as onnxruntime)."""
+    return data, torch.zeros((), dtype=data.dtype, device=data.device).expand(data.shape)
+
+
+def dropout_10(data: Tensor, *, ratio: float = 0.5) -> tuple[Tensor, Tensor]:
+    """Dropout of opsets 10 and 11 at inference: identity, an all-false mask (as onnxruntime)."""
+    return data, torch.zeros((), dtype=torch.bool, device=data.device).expand(data.shape)
+
+
+# -- types and constants -------------------------------------------------------------------
+_DTYPES = {1: torch.float32, 2: torch.uint8, 3: torch.int8, 5: torch.int16, 6: torch.int32,
+           7: torch.int64, 9: torch.bool, 10: torch.float16, 11: torch.float64,
+           16: torch.bfloat16}
+_DTYPES.update({k: getattr(torch, name) for k, name in
+                ((4, "uint16"), (12, "uint32"), (13, "uint64"), (17, "float8_e4m3fn"),
+                 (18, "float8_e4m3fnuz"), (19, "float8_e5m2"), (20, "float8_e5m2fnuz"))
+                if hasattr(torch, name)})
+
+
+def cast(x: Tensor, *, to: int, saturate: int = 1, round_mode: str = "up") -> Tensor:
+    """Cast to the torch dtype of an ONNX TensorProto data type."""
+    if to not in _DTYPES:
+        raise UnsupportedModelError(f"op 'Cast' to ONNX data type {to} is not supported by the "
+                                    "shadow model")
+    return x.to(_DTYPES[to])
+
+
+def cast_like(x: Tensor, target: Tensor, *, saturate: int = 1, round_mode: str = "up") -> Tensor:
+    """CastLike: cast to the dtype of ``target``."""
+    return x.to(target.dtype)
+
+
+def constant(*, value: Tensor | None = None, value_float: float | None = None,
+             value_floats: list[float] | None = None, value_int: int | None = None,
+             value_ints: list[int] | None = None, value_string: str | None = None,
+             value_strings: list[str] | None = None, sparse_value: Any = None) -> Tensor:
+    """Constant: the one value attribute that is set, as a tensor."""
+    if value is not None:
+        return value
+    for v, dtype in ((value_float, torch.float32), (value_floats, torch.float32),
+                     (value_int, torch.int64), (value_ints, torch.int64)):
+        if v is not None:
+            return torch.tensor(v, dtype=dtype)
+    raise UnsupportedModelError("op 'Constant' with a string or sparse value is not supported "
+                                "by the shadow model")
+
+
+def constant_of_shape(shape: Tensor, *, value: Tensor | None = None) -> Tensor:
+    """ConstantOfShape: a tensor of ``shape`` filled with ``value`` (float32 0 by default)."""
+    if value is None:
+        return torch.zeros(shape.tolist(), dtype=torch.float32, device=shape.device)
+    return torch.full(shape.tolist(), value.reshape(-1)[0].item(), dtype=value.dtype,
+                      device=shape.device)
+
+
+def range_(start: Tensor, limit: Tensor, delta: Tensor, *, stash_type: int = 1) -> Tensor:
+    """Range: ``start, start + delta, ...`` below ``limit``."""
+    return torch.arange(start.item(), limit.item(), delta.item(), dtype=start.dtype,
+                        device=start.device)
+
+
+def shape(data: Tensor, *, end: int | None = None, start: int = 0) -> Tensor:
+    """Shape as int64, sliced by ``start``/``end`` (opset 15)."""
+    return torch.tensor(data.shape[start:end], dtype=torch.int64, device=data.device)
+
+
+def size(data: Tensor) -> Tensor:
+    """Size: the number of elements, an int64 scalar."""
+    return torch.tensor(data.numel(), dtype=torch.int64, device=data.device)
+
+
+# -- shape and layout ----------------------------------------------------------------------
+def reshape(data: Tensor, shape: Tensor, *, allowzero: int = 0) -> Tensor:
+    """Reshape: -1 is inferred; 0 copies the input's dimension unless ``allowzero``."""
+    dims = shape.tolist()
+    if not allowzero:
+        dims = [data.shape[i] if d == 0 else d for i, d in enumerate(dims)]
+    return data.reshape(dims)
+
+
+def flatten(x: Tensor, *, axis: int = 1) -> Tensor:
+    """Flatten to 2-D at ``axis``."""
+    axis = axis + x.ndim if axis < 0 else axis
+    return x.reshape(math.prod(x.shape[:axis]), math.prod(x.shape[axis:]))
+
+
+def transpose(x: Tensor, *, perm: Ints | None = None) -> Tensor:
+    """Transpose (reverses the axes without ``perm``)."""
+    return x.permute(*(perm if perm is not None else range(x.ndim - 1, -1, -1)))
+
+
+def concat(*inputs: Tensor, axis: int) -> Tensor:
+    """Concat along ``axis``."""
+    return torch.cat(inputs, axis)
+
+
+def _split(x: Tensor, sizes: Ints | None, axis: int, parts: int | None) -> tuple[Tensor, ...]:
+    """Split into ``sizes``, or into ``parts`` equal parts (the last one smaller)."""
+    if sizes:
+        return torch.split(x, list(sizes), axis)
+    if parts is None:
+        raise UnsupportedModelError("op 'Split' without split sizes needs num_outputs (the "
+                                    "node's output count) in the shadow model")
+    return torch.split(x, -(-x.shape[axis] // parts), axis)
+
+
+def split_(x: Tensor, split: Tensor | None = None, *, axis: int = 0,
+             num_outputs: int | None = None) -> tuple[Tensor, ...]:
+    """Split from opset 13: sizes as an input, or ``num_outputs`` (opset 18) equal parts."""
+    return _split(x, None if split is None else split.tolist(), axis, num_outputs)
+
+
+def split_2(x: Tensor, *, axis: int = 0, split: Ints | None = None,
+            num_outputs: int | None = None) -> tuple[Tensor, ...]:
+    """Split before opset 13: sizes as an attribute."""
+    return _split(x, split, axis, num_outputs)
+
+
+def _slice(x: Tensor, starts: Ints, ends: Ints, axes: Ints | None, steps: Ints | None) -> Tensor:
+    """Slice with ONNX's clamping; negative steps flip the axis (torch has none)."""
+    index: list[slice] = [slice(None)] * x.ndim
+    flips = []
+    for start, end, axis, step in zip(starts, ends, axes or range(len(starts)),
+                                      steps or [1] * len(starts), strict=True):
+        axis %= x.ndim
+        n = x.shape[axis]
+        start, end = start + n if start < 0 else start, end + n if end < 0 else end
+        if step > 0:
+            index[axis] = slice(min(max(start, 0), n), min(max(end, 0), n), step)
+            continue
+        start, end = min(max(start, 0), n - 1), min(max(end, -1), n - 1)
+        flips.append(axis)
+        index[axis] = slice(n - 1 - start, n - 1 - end, -step) if start > end else slice(0, 0)
+    return (x.flip(flips) if flips else x)[tuple(index)]
+
+
+def slice_(data: Tensor, starts: Tensor, ends: Tensor, axes: Tensor | None = None,
+           steps: Tensor | None = None) -> Tensor:
+    """Slice from opset 10: starts, ends, axes and steps as inputs."""
+    return _slice(data, starts.tolist(), ends.tolist(), None if axes is None else axes.tolist(),
+                  None if steps is None else steps.tolist())
+
+
+def slice_1(data: Tensor, *, axes: Ints | None = None, ends: Ints, starts: Ints) -> Tensor:
+    """Slice before opset 10: starts, ends and axes as attributes."""
+    return _slice(data, starts, ends, axes, None)
+
+
+def squeeze(data: Tensor, axes: Tensor | None = None) -> Tensor:
+    """Squeeze from opset 13: axes as an optional input (all size-1 axes without it)."""
+    return squeeze_1(data, axes=None if axes is None else axes.tolist())
+
+
+def squeeze_1(data: Tensor, *, axes: Ints | None = None) -> Tensor:
+    """Squeeze before opset 13: axes as an attribute."""
+    return data.squeeze(tuple(axes)) if axes else data.squeeze()
+
+
+def unsqueeze(data: Tensor, axes: Tensor) -> Tensor:
+    """Unsqueeze from opset 13: axes as an input."""
+    return unsqueeze_1(data, axes=axes.tolist())
+
+
+def unsqueeze_1(data: Tensor, *, axes: Ints) -> Tensor:
+    """Unsqueeze before opset 13: axes (of the output) as an attribute."""
+    rank = data.ndim + len(axes)
+    dims = list(data.shape)
+    for a in sorted(a % rank for a in axes):
+        dims.insert(a, 1)
+    return data.reshape(dims)
+
+
+def gather(data: Tensor, indices: Tensor, *, axis: int = 0) -> Tensor:
+    """Gather along ``axis``; negative indices count from the end."""
+    return data[(slice(None),) * (axis % data.ndim) + (indices.long(),)]
+
+
+def gather_elements(data: Tensor, indices: Tensor, *, axis: int = 0) -> Tensor:
+    """GatherElements along ``axis``; negative indices count from the end."""
+    indices = indices.long()
+    return torch.gather(data, axis, torch.where(indices < 0, indices + data.shape[axis], indices))
+
+
+def expand(x: Tensor, shape: Tensor) -> Tensor:
+    """Expand: broadcast ``x`` and ``shape`` both ways (a view)."""
+    return x.expand(torch.broadcast_shapes(x.shape, tuple(shape.tolist())))
+
+
+def tile(x: Tensor, repeats: Tensor) -> Tensor:
+    """Tile."""
+    return x.repeat(repeats.tolist())
+
+
+def depth_to_space(x: Tensor, *, blocksize: int, mode: str = "DCR") -> Tensor:
+    """DepthToSpace in DCR or CRD order."""
+    if mode == "CRD":
+        return F.pixel_shuffle(x, blocksize)
+    n, c, h, w = x.shape
+    k = blocksize
+    y = x.reshape(n, k, k, c // (k * k), h, w).permute(0, 3, 4, 1, 5, 2)
+    return y.reshape(n, c // (k * k), h * k, w * k)
+
+
+def space_to_depth(x: Tensor, *, blocksize: int, mode: str = "DCR") -> Tensor:
+    """SpaceToDepth in DCR or (opset 28) CRD order."""
+    if mode == "CRD":
+        return F.pixel_unshuffle(x, blocksize)
+    n, c, h, w = x.shape
+    k = blocksize
+    y = x.reshape(n, c, h // k, k, w // k, k).permute(0, 3, 5, 1, 2, 4)
+    return y.reshape(n, c * k * k, h // k, w // k)
+
+
+def trilu(x: Tensor, k: Tensor | None = None, *, upper: int = 1) -> Tensor:
+    """Trilu: the upper or lower triangle from diagonal ``k``."""
+    diagonal = 0 if k is None else int(k)
+    return torch.triu(x, diagonal) if upper else torch.tril(x, diagonal)
+
+
+def einsum(*inputs: Tensor, equation: str) -> Tensor:
+    """Einsum."""
+    return torch.einsum(equation, *inputs)
+
+
+def non_zero(x: Tensor) -> Tensor:
+    """NonZero: int64 indices, one row per axis."""
+    return torch.nonzero(x).t()
+
+
+# -- reductions ----------------------------------------------------------------------------
+def _reduce(kernel: Callable[[Tensor, tuple[int, ...], bool], Tensor], data: Tensor,
+            axes: Ints | None, keepdims: int, noop_with_empty_axes: int) -> Tensor:
+    """Reduce ``axes`` (all axes when empty, unless ``noop_with_empty_axes``)."""
+    if not axes and noop_with_empty_axes:
+        return data
+    dims = tuple(a % data.ndim for a in axes) if axes else tuple(range(data.ndim))
+    return kernel(data, dims, bool(keepdims))
+
+
+def _prod(x: Tensor, dims: tuple[int, ...], keep: bool) -> Tensor:
+    """Product over several axes (torch.prod takes one)."""
+    for d in sorted(dims, reverse=True):
+        x = x.prod(d, keepdim=keep)
+    return x
+
+
+_REDUCERS: dict[str, Callable[[Tensor, tuple[int, ...], bool], Tensor]] = {
+    "ReduceSum": torch.sum,
+    "ReduceMean": torch.mean,
+    "ReduceMax": torch.amax,
+    "ReduceMin": torch.amin,
+    "ReduceProd": _prod,
+    "ReduceL1": lambda x, dims, keep: x.abs().sum(dims, keep),
+    "ReduceL2": lambda x, dims, keep: torch.linalg.vector_norm(x, 2, dims, keep),
+    "ReduceLogSum": lambda x, dims, keep: x.sum(dims, keep).log(),
+    "ReduceLogSumExp": torch.logsumexp,
+    "ReduceSumSquare": lambda x, dims, keep: x.square().sum(dims, keep),
+}
+
+
+def _reduce_ops(op_type: str) -> tuple[Op, Op]:
+    """The attribute-axes and input-axes functions of a Reduce* op."""
+    kernel = _REDUCERS[op_type]
+
+    def with_attribute(data: Tensor, *, axes: Ints | None = None, keepdims: int = 1) -> Tensor:
+        return _reduce(kernel, data, axes, keepdims, 0)
+
+    def with_input(data: Tensor, axes: Tensor | None = None, *, keepdims: int = 1,
+                   noop_with_empty_axes: int = 0) -> Tensor:
+        return _reduce(kernel, data, None if axes is None else axes.tolist(), keepdims,
+                       noop_with_empty_axes)
+
+    with_attribute.__doc__ = f"{op_type} with axes as an attribute."
+    with_input.__doc__ = f"{op_type} with axes as an optional input."
+    return with_attribute, with_input
+
+
+def argmax(data: Tensor, *, axis: int = 0, keepdims: int = 1,
+           select_last_index: int = 0) -> Tensor:
+    """ArgMax: the first (or last) index of the maximum along ``axis``."""
+    if select_last_index:
+        return data.shape[axis] - 1 - torch.argmax(data.flip(axis), axis, bool(keepdims))
+    return torch.argmax(data, axis, bool(keepdims))
+
+
+def argmin(data: Tensor, *, axis: int = 0, keepdims: int = 1,
+           select_last_index: int = 0) -> Tensor:
+    """ArgMin: the first (or last) index of the minimum along ``axis``."""
+    if select_last_index:
+        return data.shape[axis] - 1 - torch.argmin(data.flip(axis), axis, bool(keepdims))
+    return torch.argmin(data, axis, bool(keepdims))
+
+
+def topk(x: Tensor, k: Tensor, *, axis: int = -1, largest: int = 1,
+         sorted: int = 1) -> tuple[Tensor, Tensor]:
+    """TopK from opset 10: k as an input; values and int64 indices."""
+    values, indices = torch.topk(x, int(k.reshape(-1)[0]), axis, bool(largest), bool(sorted))
+    return values, indices
+
+
+def topk_1(x: Tensor, *, axis: int = -1, k: int) -> tuple[Tensor, Tensor]:
+    """TopK before opset 10: k as an attribute."""
+    return topk(x, torch.tensor([k]), axis=axis)
+
+
+def cumsum(x: Tensor, axis: Tensor, *, exclusive: int = 0, reverse: int = 0) -> Tensor:
+    """CumSum along ``axis``, optionally exclusive and/or reversed."""
+    a = int(axis)
+    y = torch.cumsum(x.flip(a) if reverse else x, a)
+    if exclusive:
+        y = torch.cat([torch.zeros_like(y.narrow(a, 0, 1)), y.narrow(a, 0, y.shape[a] - 1)], a)
+    return y.flip(a) if reverse else y
+
+
+# -- the table -----------------------------------------------------------------------------
+# op type -> ((first opset, function), ...), oldest first; resolve takes the newest in force.
+_TABLE: dict[str, tuple[tuple[int, Op], ...]] = {
+    "Softmax": ((1, softmax_1), (13, softmax)),
+    "LogSoftmax": ((1, log_softmax_1), (13, log_softmax)),
+    "Squeeze": ((1, squeeze_1), (13, squeeze)),
+    "Unsqueeze": ((1, unsqueeze_1), (13, unsqueeze)),
+    "Split": ((1, split_2), (13, split_)),
+    "Slice": ((1, slice_1), (10, slice_)),
+    "Clip": ((6, clip_6), (11, clip)),
+    "Pad": ((2, ops_nn.pad_2), (11, ops_nn.pad)),
+    "Dropout": ((1, dropout_7), (10, dropout_10), (12, dropout)),
+    "TopK": ((1, topk_1), (10, topk)),
+    "Upsample": ((9, ops_nn.upsample),),
+    "Resize": ((10, ops_nn.resize_10), (11, ops_nn.resize)),
+    "GroupNormalization": ((18, ops_nn.group_normalization_18), (21, ops_nn.group_normalization)),
+    "Gelu": ((20, gelu),),
+    "Mish": ((18, F.mish),),
+    "HardSwish": ((14, F.hardswish),),
+    "LayerNormalization": ((17, ops_nn.layer_normalization),),
+    "CastLike": ((15, cast_like),),
+    "Trilu": ((14, trilu),),
+    "Celu": ((12, celu),),
+    "Einsum": ((12, einsum),),
+    "Range": ((11, range_),),
+    "CumSum": ((11, cumsum),),
+    "GatherElements": ((11, gather_elements),),
+    "IsInf": ((10, is_inf),),
+}
+_AXES_INPUT_FROM = {"ReduceSum": 13}  # the other Reduce ops take axes as an input from 18
+_TABLE.update({name: tuple(zip((1, _AXES_INPUT_FROM.get(name, 18)), _reduce_ops(name),
+                               strict=True)) for name in _REDUCERS})
+
+_ALWAYS: dict[str, Op] = {
+    "Conv": ops_nn.conv, "ConvTranspose": ops_nn.conv_transpose, "Gemm": ops_nn.gemm,
+    "MatMul": torch.matmul, "MaxPool": ops_nn.max_pool, "AveragePool": ops_nn.average_pool,
+    "GlobalAveragePool": ops_nn.global_average_pool, "GlobalMaxPool": ops_nn.global_max_pool,
+    "BatchNormalization": ops_nn.batch_normalization,
+    "InstanceNormalization": ops_nn.instance_normalization, "LRN": ops_nn.lrn,
+    "Add": torch.add, "Sub": torch.sub, "Mul": torch.mul, "Div": div, "Pow": pow_, "Mod": mod,
+    "Sum": sum_, "Mean": mean, "Max": max_, "Min": min_,
+    "Abs": torch.abs, "Neg": torch.neg, "Sqrt": torch.sqrt, "Exp": torch.exp, "Log": torch.log,
+    "Reciprocal": torch.reciprocal, "Floor": torch.floor, "Ceil": torch.ceil,
+    "Round": torch.round, "Sign": torch.sign, "Erf": torch.erf, "Sin": torch.sin,
+    "Cos": torch.cos, "IsNaN": torch.isnan,
+    "Relu": torch.relu, "LeakyRelu": leaky_relu, "PRelu": prelu, "Sigmoid": torch.sigmoid,
+    "HardSigmoid": hard_sigmoid, "Tanh": torch.tanh, "Elu": elu, "Selu": selu,
+    "Softplus": F.softplus, "Softsign": F.softsign, "ThresholdedRelu": thresholded_relu,
+    "Shrink": shrink,
+    "Equal": torch.eq, "Less": torch.lt, "Greater": torch.gt, "LessOrEqual": torch.le,
+    "GreaterOrEqual": torch.ge, "Not": torch.logical_not, "And": torch.logical_and,
+    "Or": torch.logical_or, "Xor": torch.logical_xor, "Where": torch.where,
+    "Identity": identity, "Cast": cast, "Constant": constant,
+    "ConstantOfShape": constant_of_shape, "Shape": shape, "Size": size,
+    "Reshape": reshape, "Flatten": flatten, "Transpose": transpose, "Concat": concat,
+    "Gather": gather, "Expand": expand, "Tile": tile, "NonZero": non_zero,
+    "DepthToSpace": depth_to_space, "SpaceToDepth": space_to_depth,
+    "ArgMax": argmax, "ArgMin": argmin,
+}
+_TABLE.update({name: ((1, fn),) for name, fn in _ALWAYS.items()})
+
+SUPPORTED: frozenset[str] = frozenset(_TABLE)
+
+
+def resolve(op_type: str, opset: int, domain: str = "") -> Op:
+    """The function computing ``op_type`` at ``opset``; raises UnsupportedModelError if none."""
+    versions = _TABLE.get(op_type, ()) if domain in ("", "ai.onnx") else ()
+    chosen = [fn for since, fn in versions if since <= opset]
+    if not chosen:
+        raise UnsupportedModelError(f"op '{op_type}' (domain '{domain}', opset {opset}) is not "
+                                    "supported by the shadow model")
+    return chosen[-1]

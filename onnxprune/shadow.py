@@ -1,0 +1,165 @@
+"""The shadow model: an ONNX graph executed by PyTorch, with its weights as Parameters.
+
+Our user holds only the ONNX file; retraining needs a differentiable copy of it. The shadow
+runs the graph's nodes in order through :mod:`onnxprune.ops` (one function per ONNX op), with
+every float initializer as an ``nn.Parameter`` addressed by its initializer name and integer
+constants as buffers. ``export()`` writes the current values back into the same graph.
+
+A method may set a mask on a parameter (unstructured pruning): forward and export then use
+``parameter * mask``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+import torch
+from torch import nn
+
+from onnxprune import model as modelio
+from onnxprune import ops
+from onnxprune.errors import UnsupportedModelError
+
+# Inputs that configure an op rather than carry weights: parameters, but never trained.
+_SETTINGS = {"Clip": (1, 2), "Resize": (1, 2), "Upsample": (1,), "Pad": (2,), "Dropout": (1, 2),
+             "Pow": (1,)}
+
+
+@dataclass(frozen=True)
+class _Step:
+    fn: Callable[..., Any]
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    attrs: dict[str, Any]
+
+
+class ShadowModel(nn.Module):
+    """A ``torch.nn.Module`` that computes what an ONNX model computes.
+
+    ``forward(*inputs)`` takes the graph inputs in order and returns the output tensor, or a
+    tuple when the graph has several outputs. Raises UnsupportedModelError, naming the node,
+    when the graph uses an op the shadow cannot run; this happens at construction, before any
+    training.
+    """
+
+    def __init__(self, model: modelio.ModelLike) -> None:
+        super().__init__()
+        self._proto = model if isinstance(model, onnx.ModelProto) else modelio.load(model)
+        graph = modelio.to_graph(self._proto)
+        self.input_names = tuple(t.name for t in graph.inputs)
+        self.output_names = tuple(t.name for t in graph.outputs)
+        self._keys: dict[str, str] = {}
+        self.weights = nn.ParameterDict()
+        frozen = {n.inputs[i].name for n in graph.nodes for i in _SETTINGS.get(n.op, ())
+                  if i < len(n.inputs)}
+        for name, tensor in graph.tensors().items():
+            if isinstance(tensor, gs.Constant):
+                self._add_constant(name, np.asarray(tensor.values), trainable=name not in frozen)
+        self._steps = [self._step(node, graph.opset) for node in graph.nodes]
+        self._masks: dict[str, str] = {}
+
+    def _add_constant(self, name: str, values: np.ndarray, *, trainable: bool) -> None:
+        key = _unique_key(name, self._keys.values())
+        self._keys[name] = key
+        tensor = torch.from_numpy(np.array(values))
+        if np.issubdtype(values.dtype, np.floating):
+            self.weights[key] = nn.Parameter(tensor, requires_grad=trainable)
+        else:
+            self.register_buffer(f"const_{key}", tensor)
+
+    @staticmethod
+    def _step(node: gs.Node, opset: int) -> _Step:
+        try:
+            fn = ops.resolve(node.op, opset, node.domain or "")
+        except UnsupportedModelError as e:
+            raise UnsupportedModelError(f"{e} (node '{node.name}')") from e
+        attrs = {}
+        for key, value in node.attrs.items():
+            if isinstance(value, gs.Graph):
+                raise UnsupportedModelError(
+                    f"op '{node.op}' with a subgraph (node '{node.name}') is not supported by "
+                    "the shadow model")
+            attrs[key] = torch.from_numpy(np.array(value.values)) \
+                if isinstance(value, gs.Constant) else value
+        return _Step(fn, tuple(t.name for t in node.inputs), tuple(t.name for t in node.outputs),
+                     attrs)
+
+    # -- parameters and masks --------------------------------------------------------------
+    def initializer_names(self) -> list[str]:
+        """Names of the float initializers, which are this module's parameters."""
+        return [name for name, key in self._keys.items() if key in self.weights]
+
+    def parameter(self, name: str) -> nn.Parameter:
+        """The parameter holding initializer ``name``."""
+        return self.weights[self._keys[name]]
+
+    def set_mask(self, name: str, mask: torch.Tensor | np.ndarray | None) -> None:
+        """Multiply initializer ``name`` by ``mask`` in forward and export (None removes it)."""
+        key = f"mask_{self._keys[name]}"
+        if mask is None:
+            self._masks.pop(name, None)
+            self.register_buffer(key, None)
+            return
+        mask = torch.as_tensor(mask, dtype=self.parameter(name).dtype,
+                               device=self.parameter(name).device)
+        if mask.shape != self.parameter(name).shape:
+            raise ValueError(f"mask of shape {tuple(mask.shape)} for '{name}' of shape "
+                             f"{tuple(self.parameter(name).shape)}")
+        self.register_buffer(key, mask)
+        self._masks[name] = key
+
+    def mask(self, name: str) -> torch.Tensor | None:
+        """The mask set on initializer ``name``, if any."""
+        key = self._masks.get(name)
+        return getattr(self, key) if key else None
+
+    def values(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """Every constant by initializer name, masks applied: what forward and export use."""
+        for name, key in self._keys.items():
+            if key in self.weights:
+                value = self.weights[key]
+                mask_key = self._masks.get(name)
+                yield name, value * getattr(self, mask_key) if mask_key else value
+            else:
+                yield name, getattr(self, f"const_{key}")
+
+    # -- execution -------------------------------------------------------------------------
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        """Run the graph on ``inputs`` (in graph-input order)."""
+        if len(inputs) != len(self.input_names):
+            raise ValueError(f"the model takes {len(self.input_names)} input(s), "
+                             f"got {len(inputs)}")
+        env: dict[str, Any] = dict(self.values())
+        env.update(zip(self.input_names, inputs, strict=True))
+        env[""] = None
+        for step in self._steps:
+            result = step.fn(*[env[name] for name in step.inputs], **step.attrs)
+            if isinstance(result, tuple):
+                env.update(zip(step.outputs, result, strict=False))
+            else:
+                env[step.outputs[0]] = result
+        outputs = tuple(env[name] for name in self.output_names)
+        return outputs[0] if len(outputs) == 1 else outputs
+
+    def export(self) -> onnx.ModelProto:
+        """The same graph as the source model, with the current (masked) parameter values."""
+        with torch.no_grad():
+            values = {name: value.detach().cpu().numpy() for name, value in self.values()
+                      if self._keys[name] in self.weights}
+        return modelio.with_initializers(self._proto, values)
+
+
+def _unique_key(name: str, taken: Any) -> str:
+    key = re.sub(r"\W", "_", name) or "t"
+    taken = set(taken)
+    base, k = key, 1
+    while key in taken:
+        key = f"{base}_{k}"
+        k += 1
+    return key

@@ -37,6 +37,7 @@ class _Step:
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]
     attrs: dict[str, Any]
+    tensor_attrs: dict[str, str]  # attribute name -> buffer name
 
 
 class ShadowModel(nn.Module):
@@ -61,7 +62,7 @@ class ShadowModel(nn.Module):
         for name, tensor in graph.tensors().items():
             if isinstance(tensor, gs.Constant):
                 self._add_constant(name, np.asarray(tensor.values), trainable=name not in frozen)
-        self._steps = [self._step(node, graph.opset) for node in graph.nodes]
+        self._steps = [self._step(node, graph.opset, i) for i, node in enumerate(graph.nodes)]
         self._masks: dict[str, str] = {}
 
     def _add_constant(self, name: str, values: np.ndarray, *, trainable: bool) -> None:
@@ -73,22 +74,27 @@ class ShadowModel(nn.Module):
         else:
             self.register_buffer(f"const_{key}", tensor)
 
-    @staticmethod
-    def _step(node: gs.Node, opset: int) -> _Step:
+    def _step(self, node: gs.Node, opset: int, index: int) -> _Step:
         try:
             fn = ops.resolve(node.op, opset, node.domain or "")
         except UnsupportedModelError as e:
             raise UnsupportedModelError(f"{e} (node '{node.name}')") from e
-        attrs = {}
+        attrs: dict[str, Any] = {}
+        tensors: dict[str, str] = {}
         for key, value in node.attrs.items():
             if isinstance(value, gs.Graph):
                 raise UnsupportedModelError(
                     f"op '{node.op}' with a subgraph (node '{node.name}') is not supported by "
                     "the shadow model")
-            attrs[key] = torch.from_numpy(np.array(value.values)) \
-                if isinstance(value, gs.Constant) else value
+            if isinstance(value, gs.Constant):  # a buffer, so it moves with the module
+                tensors[key] = f"attr_{index}_{key}"
+                self.register_buffer(tensors[key], torch.from_numpy(np.array(value.values)))
+            else:
+                attrs[key] = value
+        if node.op == "Split" and "split" not in attrs and "num_outputs" not in attrs:
+            attrs["num_outputs"] = len(node.outputs)  # equal parts, one per output
         return _Step(fn, tuple(t.name for t in node.inputs), tuple(t.name for t in node.outputs),
-                     attrs)
+                     attrs, tensors)
 
     # -- parameters and masks --------------------------------------------------------------
     def initializer_names(self) -> list[str]:
@@ -139,7 +145,10 @@ class ShadowModel(nn.Module):
         env.update(zip(self.input_names, inputs, strict=True))
         env[""] = None
         for step in self._steps:
-            result = step.fn(*[env[name] for name in step.inputs], **step.attrs)
+            attrs = step.attrs
+            if step.tensor_attrs:
+                attrs = {**attrs, **{k: getattr(self, b) for k, b in step.tensor_attrs.items()}}
+            result = step.fn(*[env[name] for name in step.inputs], **attrs)
             if isinstance(result, tuple):
                 env.update(zip(step.outputs, result, strict=False))
             else:

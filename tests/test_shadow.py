@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnx.helper
+import onnx.parser
 import pytest
 import torch
 from conftest import ROOT, normalized
@@ -100,3 +101,18 @@ def test_frozen_settings_are_parameters_without_gradients() -> None:
     frozen = [n for n in shadow.initializer_names() if not shadow.parameter(n).requires_grad]
     assert frozen, "the Clip bounds of ReLU6 must not train"
     assert all(shadow.parameter(n).numel() == 1 for n in frozen)
+
+
+def test_split_without_sizes_and_constant_nodes_run() -> None:
+    """Split into as many parts as outputs (before opset 18), and a Constant node's value."""
+    text = """<ir_version: 8, opset_import: ["": 13]> g (float[N,6] x) => (float[N,3] y) {
+      c = Constant<value = float[3] {1, 2, 3}>()
+      a, b = Split<axis=1>(x)
+      s = Add(a, b)
+      y = Mul(s, c)
+    }"""
+    model = modelio.load(onnx.parser.parse_model(text))
+    feeds = modelio.random_inputs(model, batch=2)
+    shadow = ShadowModel(model)
+    assert np.abs(modelio.run(model, feeds)[0] - _run_shadow(shadow, feeds)[0]).max() <= 1e-6
+    assert any(name.startswith("attr_") for name, _ in shadow.named_buffers())

@@ -29,21 +29,25 @@ MNIST = ROOT.parent / "shared" / "data" / "mnist"
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--lr", type=float, default=0.01)
+    parser.add_argument("--lr", type=float, default=0.05)
     parser.add_argument("--target", type=float, default=0.25)
     parser.add_argument("--models", nargs="*", default=["vgg_bn", "resnet"])
     parser.add_argument("--mnist", type=Path, default=MNIST)
+    parser.add_argument("--no-train-batchnorm", dest="train_batchnorm", action="store_false",
+                        help="fine-tune without re-inserted BatchNorm")
     args = parser.parse_args()
     mnist = datasets.load_mnist_idx(args.mnist)
     train, test = mnist.subset(np.arange(8000)), mnist.subset(np.arange(8000, 10000))
     print(f"MNIST split: {len(train)} train, {len(test)} test; {args.epochs} epochs, "
-          f"lr {args.lr}, target {args.target} of FLOPs")
+          f"lr {args.lr}, target {args.target} of FLOPs, BatchNorm in training: "
+          f"{args.train_batchnorm}")
     print("| model | original acc | original fine-tuned acc | pruned acc | pruned fine-tuned acc "
           "| FLOPs kept | speedup 1t | fine-tune s |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for name in args.models:
         original = modelio.load(ROOT / "sample_models" / f"{name}.onnx")
-        common = dict(max_flops=args.target, data=train, val_data=test, quiet=True)
+        common = dict(max_flops=args.target, data=train, val_data=test, quiet=True,
+                      train_batchnorm=args.train_batchnorm)
         baseline = api.prune(original, "magnitude", epochs=args.epochs, lr=args.lr,
                              **{**common, "max_flops": 1.0})
         pruned = api.prune(original, "magnitude", **common)

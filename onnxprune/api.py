@@ -76,9 +76,9 @@ def prune(model: modelio.ModelLike, method: str = "magnitude", *,
           max_flops: float | None = None, max_params: float | None = None,
           round_to: int | None = None, data: Any = None, val_data: Any = None,
           input_size: tuple[int, int] | None = None, mean: list[float] | None = None,
-          std: list[float] | None = None, epochs: int = 0, lr: float = 0.01,
+          std: list[float] | None = None, epochs: int = 0, lr: float = 0.05,
           batch_size: int = 64, device: str = "cpu", seed: int = 0, quiet: bool = False,
-          **options: Any) -> PruneResult:
+          train_batchnorm: bool = True, **options: Any) -> PruneResult:
     """Prune ``model`` (a path or ModelProto) with ``method`` and return the result.
 
     ``max_flops`` / ``max_params`` are the fractions of the original to keep; ``round_to``
@@ -87,6 +87,7 @@ def prune(model: modelio.ModelLike, method: str = "magnitude", *,
     ``epochs > 0`` fine-tunes the pruned model; ``val_data`` (default: a seeded 10 % of
     ``data``) measures it. The input is never modified. Raises
     :class:`onnxprune.OnnxPruneError` subclasses with a one-line reason.
+    ``train_batchnorm`` fine-tunes with a BatchNorm after each Conv, folded back on export.
     """
     config = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, device=device, seed=seed,
                          quiet=quiet)
@@ -116,7 +117,8 @@ def prune(model: modelio.ModelLike, method: str = "magnitude", *,
     _check_runs(normalized, pruned)
     training = None
     if epochs > 0:
-        pruned, training = retrain.finetune(pruned, normalized, prepared.train, config)
+        pruned, training = retrain.finetune(pruned, normalized, prepared.train, config,
+                                            batchnorm=train_batchnorm)
         modelio.check(pruned)
     report = {
         "method": method,
@@ -124,7 +126,8 @@ def prune(model: modelio.ModelLike, method: str = "magnitude", *,
         "output": None,
         "options": {"max_flops": max_flops, "max_params": max_params,
                     "round_to": ctx.round_to, "epochs": epochs, "lr": lr,
-                    "batch_size": batch_size, "device": device, "seed": seed, **options},
+                    "batch_size": batch_size, "device": device, "seed": seed,
+                    "train_batchnorm": train_batchnorm, **options},
         "data": prepared.describe(),
         "warnings": prepared.warnings,
         "before": {**_summary(normalized, model),

@@ -98,10 +98,13 @@ def _fraction(ctx: click.Context, param: click.Parameter, value: float | None) -
 @_data_options
 @click.option("--epochs", default=0, show_default=True, type=click.IntRange(min=0),
               help="Fine-tune the pruned model for this many epochs.")
-@click.option("--lr", default=0.01, show_default=True, type=float, help="SGD learning rate.")
+@click.option("--lr", default=0.05, show_default=True, type=float,
+              help="SGD learning rate (default chosen by benchmarks/magnitude_finetune_mnist.py).")
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
 @click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--train-batchnorm/--no-train-batchnorm", default=True, show_default=True,
+              help="Fine-tune with a BatchNorm after each Conv, folded back on export.")
 @click.option("--quiet", is_flag=True, help="Print nothing but errors.")
 def prune_command(model: Path, method: str, out: Path, report_path: Path | None, quiet: bool,
                   **options: Any) -> None:

@@ -82,15 +82,23 @@ def _load(source: Any, spec: datasets.InputSpec, options: DataOptions) -> datase
 
 
 def finetune(pruned: onnx.ModelProto, original: onnx.ModelProto, data: datasets.Dataset,
-             config: TrainConfig) -> tuple[onnx.ModelProto, dict[str, Any]]:
-    """Train ``pruned`` through its shadow; return the trained model and a training summary."""
+             config: TrainConfig, *,
+             batchnorm: bool = True) -> tuple[onnx.ModelProto, dict[str, Any]]:
+    """Train ``pruned`` through its shadow; return the trained model and a training summary.
+
+    ``batchnorm`` trains with a BatchNorm after each Conv (folded back on export).
+    """
     shadow = ShadowModel(pruned)
+    if batchnorm:
+        shadow.add_batchnorm(next(data.batches(min(len(data), 256), shuffle=True,
+                                               seed=config.seed))[0])
     teacher = None if data.labelled else ShadowModel(original)
     start = time.perf_counter()
     history = train(shadow, data, config, teacher=teacher)
     shadow.to("cpu")
     trained = shadow.export()
     return trained, {"epochs": config.epochs, "loss": history,
+                     "batchnorms_inserted": len(shadow.batchnorms),
                      "seconds": round(time.perf_counter() - start, 2)}
 
 

@@ -7,6 +7,12 @@ constants as buffers. ``export()`` writes the current values back into the same 
 
 A method may set a mask on a parameter (unstructured pruning): forward and export then use
 ``parameter * mask``.
+
+Exported graphs have BatchNorm folded into their convolutions, and such networks retrain
+worse. :meth:`ShadowModel.add_batchnorm` puts a BatchNorm back after each biased Conv for
+training, calibrated on a batch so that the function is unchanged, and ``export()`` folds it
+into the Conv's weight and bias again: with ``s = gamma / sqrt(running_var + eps)``,
+``W' = s W`` and ``b' = s (b - running_mean) + beta``.
 """
 
 from __future__ import annotations
@@ -64,6 +70,12 @@ class ShadowModel(nn.Module):
                 self._add_constant(name, np.asarray(tensor.values), trainable=name not in frozen)
         self._steps = [self._step(node, graph.opset, i) for i, node in enumerate(graph.nodes)]
         self._masks: dict[str, str] = {}
+        readers = {name: len(t.outputs) for name, t in graph.tensors().items()}
+        self._foldable = [i for i, (step, node) in enumerate(zip(self._steps, graph.nodes,
+                                                                  strict=True))
+                          if node.op == "Conv" and len(step.inputs) == 3
+                          and all(self._trainable(n) and readers[n] == 1 for n in step.inputs[1:])]
+        self.batchnorms = nn.ModuleDict()
 
     def _add_constant(self, name: str, values: np.ndarray, *, trainable: bool) -> None:
         key = _unique_key(name, self._keys.values())
@@ -95,6 +107,10 @@ class ShadowModel(nn.Module):
             attrs["num_outputs"] = len(node.outputs)  # equal parts, one per output
         return _Step(fn, tuple(t.name for t in node.inputs), tuple(t.name for t in node.outputs),
                      attrs, tensors)
+
+    def _trainable(self, name: str) -> bool:
+        key = self._keys.get(name)
+        return key is not None and key in self.weights and self.weights[key].requires_grad
 
     # -- parameters and masks --------------------------------------------------------------
     def initializer_names(self) -> list[str]:
@@ -135,16 +151,56 @@ class ShadowModel(nn.Module):
             else:
                 yield name, getattr(self, f"const_{key}")
 
+    # -- BatchNorm for training -------------------------------------------------------------
+    def add_batchnorm(self, x: torch.Tensor) -> int:
+        """Insert a BatchNorm after every biased Conv, calibrated so ``forward(x)`` is unchanged.
+
+        Returns how many were inserted. Convolutions whose weight or bias is shared, frozen or
+        absent get none.
+        """
+        with torch.no_grad():
+            env = self._run((x,))
+        for i in self._foldable:
+            y = env[self._steps[i].outputs[0]]
+            if y.ndim != 4 or str(i) in self.batchnorms:
+                continue
+            mean, var = y.mean((0, 2, 3)), y.var((0, 2, 3), unbiased=False)
+            bn = nn.BatchNorm2d(y.shape[1]).to(y.device)
+            with torch.no_grad():
+                bn.weight.copy_(torch.sqrt(var + bn.eps))
+                bn.bias.copy_(mean)
+                bn.running_mean.copy_(mean)
+                bn.running_var.copy_(var)
+            self.batchnorms[str(i)] = bn
+        return len(self.batchnorms)
+
+    def _folded(self) -> dict[str, torch.Tensor]:
+        """Conv weights and biases with their inserted BatchNorm folded in."""
+        values = dict(self.values())
+        for key, bn in self.batchnorms.items():
+            weight, bias = self._steps[int(key)].inputs[1:]
+            s = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+            values[weight] = values[weight] * s.reshape(-1, 1, 1, 1)
+            values[bias] = (values[bias] - bn.running_mean) * s + bn.bias
+        return values
+
     # -- execution -------------------------------------------------------------------------
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
         """Run the graph on ``inputs`` (in graph-input order)."""
+        env = self._run(inputs)
+        outputs = tuple(env[name] for name in self.output_names)
+        return outputs[0] if len(outputs) == 1 else outputs
+
+    def _run(self, inputs: tuple[torch.Tensor, ...]) -> dict[str, Any]:
+        """Every tensor of the graph, computed from ``inputs``."""
         if len(inputs) != len(self.input_names):
             raise ValueError(f"the model takes {len(self.input_names)} input(s), "
                              f"got {len(inputs)}")
         env: dict[str, Any] = dict(self.values())
         env.update(zip(self.input_names, inputs, strict=True))
         env[""] = None
-        for step in self._steps:
+        bns = self.batchnorms
+        for i, step in enumerate(self._steps):
             attrs = step.attrs
             if step.tensor_attrs:
                 attrs = {**attrs, **{k: getattr(self, b) for k, b in step.tensor_attrs.items()}}
@@ -152,14 +208,17 @@ class ShadowModel(nn.Module):
             if isinstance(result, tuple):
                 env.update(zip(step.outputs, result, strict=False))
             else:
-                env[step.outputs[0]] = result
-        outputs = tuple(env[name] for name in self.output_names)
-        return outputs[0] if len(outputs) == 1 else outputs
+                bn = bns[str(i)] if bns and str(i) in bns else None
+                env[step.outputs[0]] = bn(result) if bn is not None else result
+        return env
 
     def export(self) -> onnx.ModelProto:
-        """The same graph as the source model, with the current (masked) parameter values."""
+        """The same graph as the source model, with the current parameter values.
+
+        Masks are applied and inserted BatchNorms folded into their convolutions.
+        """
         with torch.no_grad():
-            values = {name: value.detach().cpu().numpy() for name, value in self.values()
+            values = {name: value.detach().cpu().numpy() for name, value in self._folded().items()
                       if self._keys[name] in self.weights}
         return modelio.with_initializers(self._proto, values)
 

@@ -31,7 +31,7 @@ class TrainConfig:
     """Options of the training loop (SGD with momentum)."""
 
     epochs: int = 1
-    lr: float = 0.01
+    lr: float = 0.05
     momentum: float = 0.9
     weight_decay: float = 5e-4
     batch_size: int = 64

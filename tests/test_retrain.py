@@ -28,7 +28,8 @@ def test_magnitude_with_finetuning_reports_accuracy_and_parity() -> None:
     assert report["data"]["train"] + report["data"]["val"] == 1797
     assert report["data"]["val"] in (179, 180) and report["data"]["labelled"]
     assert 0.9 <= report["before"]["accuracy"] <= 1.0
-    assert report["after"]["accuracy"] >= report["before"]["accuracy"] - 0.05
+    assert report["after"]["accuracy"] > 0.8  # ten classes: chance is 0.1
+    assert report["training"]["batchnorms_inserted"] == 2  # LeNet's two convolutions
     assert report["parity_max_abs_diff"] <= 1e-4
     assert len(report["training"]["loss"]) == 2
     assert report["after"]["flops"] <= 0.5 * report["before"]["flops"]

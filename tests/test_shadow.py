@@ -116,3 +116,29 @@ def test_split_without_sizes_and_constant_nodes_run() -> None:
     shadow = ShadowModel(model)
     assert np.abs(modelio.run(model, feeds)[0] - _run_shadow(shadow, feeds)[0]).max() <= 1e-6
     assert any(name.startswith("attr_") for name, _ in shadow.named_buffers())
+
+
+@pytest.mark.parametrize("name", ["vgg_bn", "resnet", "mobilenetv2", "inception"])
+def test_inserted_batchnorm_keeps_the_function_and_folds_back_on_export(name: str) -> None:
+    model = normalized(ROOT / "sample_models" / f"{name}.onnx")
+    shadow = ShadowModel(model)
+    x = torch.from_numpy(np.load(ROOT / "sample_models" / "digits.npz")["x"][:128])
+    before = shadow(x).detach()
+    assert shadow.add_batchnorm(x) > 0
+    shadow.train()
+    assert (shadow(x).detach() - before).abs().max() <= 1e-3  # batch statistics = calibration
+    shadow.eval()
+    assert (shadow(x).detach() - before).abs().max() <= 1e-3
+    optimiser = torch.optim.SGD(shadow.parameters(), lr=0.01)
+    shadow.train()
+    for _ in range(3):
+        optimiser.zero_grad()
+        shadow(x).square().mean().backward()
+        optimiser.step()
+    shadow.eval()
+    exported = shadow.export()
+    assert [n.op_type for n in exported.graph.node] == [n.op_type for n in model.graph.node]
+    with torch.no_grad():
+        expected = shadow(x).numpy()
+    assert np.abs(modelio.run(exported, {shadow.input_names[0]: x.numpy()})[0]
+                  - expected).max() <= 1e-3

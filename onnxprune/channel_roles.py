@@ -299,79 +299,67 @@ def _flattens(node: gs.Node, target: np.ndarray, width: int) -> bool:
     return batch_ok and rest in (-1, width) and not batch == rest == -1
 
 
-def reduce(b: GroupBuilder, node: gs.Node) -> None:
+def _keeps_channels_if(test: Callable[[GroupBuilder, gs.Node], bool], reason: str) -> Handler:
+    """A handler that passes channels through when ``test`` holds and blocks them otherwise.
+
+    ``reason`` may name ``{op}`` and ``{name}``.
+    """
+    def handler(b: GroupBuilder, node: gs.Node) -> None:
+        segs = b.layout(node.inputs[0])
+        if segs is None:
+            return
+        if test(b, node):
+            b.set_layout(node.outputs[0], segs)
+        else:
+            b.block(segs, reason.format(op=node.op, name=node.name))
+    handler.__doc__ = test.__doc__
+    return handler
+
+
+def _reduces_spatial_axes(b: GroupBuilder, node: gs.Node) -> bool:
     """Reductions over spatial axes only keep channels apart."""
-    segs = b.layout(node.inputs[0])
-    rank = _rank(node.inputs[0])
-    if segs is None:
-        return
-    axes = _attr_or_input(b, node, "axes")
-    if rank is None or axes is None or {int(a) % rank for a in np.ravel(axes)} & {0, 1}:
-        b.block(segs, f"{node.op} '{node.name}' reduces over the channel axis")
-        return
-    b.set_layout(node.outputs[0], segs)
+    rank, axes = _rank(node.inputs[0]), _attr_or_input(b, node, "axes")
+    return rank is not None and axes is not None and not {int(a) % rank for a in axes} & {0, 1}
 
 
-def squeeze(b: GroupBuilder, node: gs.Node) -> None:
+def _squeezes_spatial_axes(b: GroupBuilder, node: gs.Node) -> bool:
     """Squeeze / Unsqueeze of axes after the channel axis keep channels apart."""
-    segs = b.layout(node.inputs[0])
-    if segs is None:
-        return
-    axes = _attr_or_input(b, node, "axes")
     rank = _rank(node.outputs[0] if node.op == "Unsqueeze" else node.inputs[0])
-    if rank is None or axes is None or min(int(a) % rank for a in np.ravel(axes)) < 2:
-        b.block(segs, f"{node.op} '{node.name}' moves the channel axis")
-        return
-    b.set_layout(node.outputs[0], segs)
+    axes = _attr_or_input(b, node, "axes")
+    return rank is not None and axes is not None and min(int(a) % rank for a in axes) >= 2
 
 
-def resize(b: GroupBuilder, node: gs.Node) -> None:
-    """Resize / Upsample with scale 1 on batch and channels keeps channels apart."""
-    segs = b.layout(node.inputs[0])
-    if segs is None:
-        return
-    scales = next((b.constant(t) for t in node.inputs[1:] if t.name and b.constant(t) is not None
-                   and b.constant(t).dtype.kind == "f" and b.constant(t).size), None)
-    sizes = input_or_none(node, 3)
-    if scales is None or sizes is not None or not np.allclose(scales[:2], 1.0):
-        b.block(segs, f"{node.op} '{node.name}' may resize the channel axis")
-        return
-    b.set_layout(node.outputs[0], segs)
+def _resizes_spatial_axes(b: GroupBuilder, node: gs.Node) -> bool:
+    """Resize / Upsample with constant scales of 1 on batch and channels."""
+    scales = [v for t in node.inputs[1:] if t.name and (v := b.constant(t)) is not None
+              and v.dtype.kind == "f" and v.size]
+    return bool(scales) and input_or_none(node, 3) is None and np.allclose(scales[0][:2], 1.0)
 
 
-def pad(b: GroupBuilder, node: gs.Node) -> None:
-    """Pad keeps channels apart when it pads no batch or channel entries."""
-    segs = b.layout(node.inputs[0])
-    if segs is None:
-        return
-    pads = _attr_or_input(b, node, "pads")
+def _pads_spatial_axes(b: GroupBuilder, node: gs.Node) -> bool:
+    """Pad with constant pads of 0 on batch and channels."""
+    pads, rank = _attr_or_input(b, node, "pads"), _rank(node.inputs[0])
+    if pads is None or rank is None or len(node.inputs) >= 4:
+        return False
+    return not pads.reshape(2, rank)[:, :2].any()
+
+
+def _softmax_off_channels(b: GroupBuilder, node: gs.Node) -> bool:
+    """Softmax over an axis after the channels (the default axis is -1 from opset 13, 1 before)."""
     rank = _rank(node.inputs[0])
-    ok = pads is not None and rank is not None and len(node.inputs) < 4
-    if ok:
-        p = np.ravel(pads).reshape(2, rank)
-        ok = not p[:, :2].any()
-    if not ok:
-        b.block(segs, f"Pad '{node.name}' pads the batch or channel axis")
-        return
-    b.set_layout(node.outputs[0], segs)
+    axis = int(attr(node, "axis", -1 if b.graph.opset >= 13 else 1))
+    return rank is not None and axis % rank > 1
 
 
 def shape_reader(b: GroupBuilder, node: gs.Node) -> None:
     """Shape reads sizes at run time, so it follows any pruning by itself."""
 
 
-def softmax(b: GroupBuilder, node: gs.Node) -> None:
-    """Softmax over the channel axis mixes channels; over another axis it keeps them apart."""
-    segs = b.layout(node.inputs[0])
-    rank = _rank(node.inputs[0])
-    if segs is None:
-        return
-    default = -1 if b.graph.opset >= 13 else 1
-    axis = int(attr(node, "axis", default))
-    if rank is None or axis % rank == 1 or (b.graph.opset < 13 and axis % rank <= 1):
-        b.block(segs, f"{node.op} '{node.name}' over axis {axis} mixes channels")
-        return
-    b.set_layout(node.outputs[0], segs)
+reduce = _keeps_channels_if(_reduces_spatial_axes, "{op} '{name}' reduces over the channel axis")
+squeeze = _keeps_channels_if(_squeezes_spatial_axes, "{op} '{name}' moves the channel axis")
+resize = _keeps_channels_if(_resizes_spatial_axes, "{op} '{name}' may resize the channel axis")
+pad = _keeps_channels_if(_pads_spatial_axes, "Pad '{name}' pads the batch or channel axis")
+softmax = _keeps_channels_if(_softmax_off_channels, "{op} '{name}' mixes channels")
 
 
 _PASS_THROUGH = (

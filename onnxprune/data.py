@@ -17,12 +17,8 @@ standard-normal inputs to distil from when there is no data.
 
 from __future__ import annotations
 
-import gzip
-import importlib
-import importlib.util
 import os
-import zipfile
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,13 +26,11 @@ from typing import Any
 import numpy as np
 import onnx
 import torch
-from PIL import Image
 
 from onnxprune import model as modelio
+from onnxprune import sources
 from onnxprune.errors import UsageError
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
-IMAGE_MODES = {1: "L", 3: "RGB"}  # channels of the model input -> Pillow mode
 MNIST_FILES = ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
 
 
@@ -160,9 +154,11 @@ def load_data(source: Any, spec: InputSpec, *, input_size: tuple[int, int] | Non
     if folder:
         x, y = _read_images(Path(source), spec, _size(input_size))
     elif isinstance(source, str | os.PathLike):
-        x, y = _read_path(source)
+        x, y = sources.read_path(source)
+    elif isinstance(source, Dataset):
+        x, y = source.x, source.y
     else:
-        x, y = _read_object(source, where)
+        x, y = sources.read_object(source, where)
     if x.dtype.kind not in "fiu":
         raise UsageError(f"{where}: inputs x must be numbers, got {x.dtype}")
     x = _normalise(x.astype(dtype, copy=False), mean, std, where)
@@ -237,7 +233,7 @@ def load_mnist_idx(folder: str | os.PathLike) -> Dataset:
     x is float32 (N, 1, 28, 28) = pixels / 255, y the int64 labels 0..9. Raises UsageError
     when a file is missing or not an IDX file of bytes.
     """
-    images, labels = (_read_idx(Path(folder) / name) for name in MNIST_FILES)
+    images, labels = (sources.read_idx(Path(folder) / name) for name in MNIST_FILES)
     x = images.astype(np.float32)[:, None] / np.float32(255)
     return Dataset(x, labels.astype(np.int64), source=str(folder))
 
@@ -272,134 +268,20 @@ def _shape_text(shape: Sequence[int | str]) -> str:
     return "(" + ", ".join(str(d) for d in shape) + ")"
 
 
-def _read_path(source: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | None]:
-    path = Path(source)
-    if path.is_file():
-        if path.suffix.lower() != ".npz":
-            raise UsageError(f"{path}: unsupported data file; give a .npz file, a folder of "
-                             "images with one subfolder per class, or module:function")
-        return _read_npz(path)
-    if isinstance(source, str) and ":" in source:
-        return _read_object(_call(source), source)
-    raise UsageError(f"{path}: no such file or directory")
-
-
-def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
-    if not zipfile.is_zipfile(path):
-        raise UsageError(f"{path}: not an .npz archive (np.savez writes one)")
-    try:
-        with np.load(path) as arrays:
-            if "x" not in arrays.files:
-                raise UsageError(f"{path}: no array 'x' (it holds: "
-                                 f"{', '.join(arrays.files) or 'nothing'})")
-            return arrays["x"], arrays["y"] if "y" in arrays.files else None
-    except (OSError, ValueError, zipfile.BadZipFile) as e:
-        raise UsageError(f"{path}: not a readable .npz file ({e})") from e
-
-
 def _read_images(folder: Path, spec: InputSpec,
                  input_size: tuple[int, int] | None) -> tuple[np.ndarray, np.ndarray]:
     """Images resized to (H, W), in the spec's dtype / 255, labelled by sorted class folder."""
     channels = spec.shape[1] if len(spec.shape) == 4 else None
-    if channels not in IMAGE_MODES:
+    if channels not in sources.IMAGE_MODES:
         raise UsageError(f"{folder}: image folders need a model input of shape (N, 1 or 3, H, W); "
                          f"'{spec.name}' expects {_shape_text(spec.shape)}")
     height, width = input_size or spec.shape[2:]
     if not (isinstance(height, int) and isinstance(width, int)):
         raise UsageError(f"{folder}: model input '{spec.name}' has shape "
                          f"{_shape_text(spec.shape)}; give --input-size H W to resize images to")
-    classes = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not classes:
-        raise UsageError(f"{folder}: no class subfolders; an image folder holds one subfolder "
-                         "of images per class")
-    files = [(f, label) for label, c in enumerate(classes) for f in sorted(c.rglob("*"))
-             if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS]
-    if not files:
-        raise UsageError(f"{folder}: no images ({', '.join(IMAGE_EXTENSIONS)}) in its class "
-                         "subfolders")
-    pixels = np.empty((len(files), channels, height, width), np.uint8)
-    for i, (file, _) in enumerate(files):
-        try:
-            with Image.open(file) as image:
-                resized = image.convert(IMAGE_MODES[channels]).resize(
-                    (width, height), Image.Resampling.BILINEAR)
-        except (OSError, ValueError) as e:
-            raise UsageError(f"{file}: not a readable image ({e})") from e
-        pixels[i] = np.asarray(resized).reshape(height, width, channels).transpose(2, 0, 1)
+    pixels, labels = sources.read_images(folder, channels, height, width)
     dtype = _float_dtype(spec)
-    return (pixels.astype(dtype) / dtype.type(255),
-            np.array([label for _, label in files], np.int64))
-
-
-def _call(text: str) -> object:
-    """Call the function named by ``module:function`` or ``path/to/file.py:function``."""
-    module_name, _, function_name = text.rpartition(":")
-    if not module_name or not function_name:
-        raise UsageError(f"{text}: expected module:function or path/to/file.py:function")
-    if module_name.endswith(".py"):
-        path = Path(module_name)
-        if not path.is_file():
-            raise UsageError(f"{text}: no such file {path}")
-        module_spec = importlib.util.spec_from_file_location(f"_onnxprune_data_{path.stem}", path)
-        assert module_spec is not None and module_spec.loader is not None
-        module = importlib.util.module_from_spec(module_spec)
-        module_spec.loader.exec_module(module)
-    else:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as e:
-            if e.name is None or not (module_name + ".").startswith(e.name + "."):
-                raise  # the module exists but fails to import one of its own dependencies
-            raise UsageError(f"{text}: cannot import module {module_name} ({e})") from e
-    function = getattr(module, function_name, None)
-    if not callable(function):
-        raise UsageError(f"{text}: module {module_name} has no function {function_name}")
-    return function()
-
-
-def _read_object(source: object, where: str) -> tuple[np.ndarray, np.ndarray | None]:
-    """Arrays from a Python object: Dataset, (x, y), array, or an iterable of batches."""
-    if isinstance(source, Dataset):
-        return source.x, source.y
-    if isinstance(source, tuple) and len(source) == 2:
-        return _numpy(source[0]), None if source[1] is None else _numpy(source[1])
-    if isinstance(source, np.ndarray | torch.Tensor):
-        return _numpy(source), None
-    if isinstance(source, Iterable) and not isinstance(source, str | bytes | Mapping):
-        return _concat(source, where)
-    raise UsageError(f"cannot load data from {where}; give a .npz file, an image folder, "
-                     "module:function, arrays, a DataLoader or an iterable of batches")
-
-
-def _concat(batches: Iterable, where: str) -> tuple[np.ndarray, np.ndarray | None]:
-    """Concatenate ``(x, y)``, ``[x]`` or ``x`` batches; all labelled or all unlabelled."""
-    xs, ys = [], []
-    for i, batch in enumerate(batches):
-        if isinstance(batch, tuple | list) and len(batch) in (1, 2):
-            x, y = batch[0], batch[1] if len(batch) == 2 else None
-        elif isinstance(batch, np.ndarray | torch.Tensor):
-            x, y = batch, None
-        else:
-            raise UsageError(f"{where}: batch {i} is a {type(batch).__name__}; batches must be "
-                             "(x, y) or x, as numpy arrays or torch tensors")
-        xs.append(_numpy(x))
-        ys.append(None if y is None else _numpy(y))
-    if not xs:
-        raise UsageError(f"{where}: gave no batches")
-    if len({y is None for y in ys}) > 1:
-        raise UsageError(f"{where}: some batches have labels y and some do not")
-    try:
-        return np.concatenate(xs), None if ys[0] is None else np.concatenate(ys)
-    except ValueError as e:
-        raise UsageError(f"{where}: batches do not stack ({e})") from e
-
-
-def _numpy(value: Any) -> np.ndarray:
-    """A numpy array from an array, a tensor (on any device) or a nested sequence."""
-    if isinstance(value, torch.Tensor):
-        value = value.detach().cpu()
-        return (value.float() if value.dtype == torch.bfloat16 else value).numpy()
-    return np.asarray(value)
+    return pixels.astype(dtype) / dtype.type(255), labels
 
 
 def _normalise(x: np.ndarray, mean: list[float] | None, std: list[float] | None,
@@ -422,16 +304,3 @@ def _normalise(x: np.ndarray, mean: list[float] | None, std: list[float] | None,
     return (x - stats[0]) / stats[1]
 
 
-def _read_idx(path: Path) -> np.ndarray:
-    """An IDX array of unsigned bytes (magic 0x08, then its number of dims) from a .gz file."""
-    if not path.is_file():
-        raise UsageError(f"{path}: no such file (the MNIST folder holds {', '.join(MNIST_FILES)})")
-    try:
-        with gzip.open(path, "rb") as f:
-            raw = f.read()
-        if raw[:3] != b"\x00\x00\x08":
-            raise ValueError("magic is not 0x0008 (unsigned bytes)")
-        dims = np.frombuffer(raw, ">i4", count=raw[3], offset=4)
-        return np.frombuffer(raw, np.uint8, offset=4 + 4 * raw[3]).reshape(dims)
-    except (OSError, EOFError, ValueError) as e:
-        raise UsageError(f"{path}: not an IDX file of bytes ({e})") from e

@@ -64,12 +64,16 @@ def apply_plan(normalized: onnx.ModelProto, plan: Plan) -> onnx.ModelProto:
     """Rewrite ``normalized`` by ``plan`` and return the checked result."""
     graph = modelio.to_graph(normalized)
     run_passes(PRUNE + CLEANUP, graph, PruneContext(plan))
-    pruned = modelio.to_model(graph, normalized)
+    return _checked(modelio.to_model(graph, normalized))
+
+
+def _checked(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model``, once it passes the full checker and opens in onnxruntime."""
     try:
-        modelio.check(pruned)
+        modelio.check(model)
     except Exception as e:  # the checker and onnxruntime raise several types
         raise VerificationError(f"the pruned model fails the checker: {e}") from e
-    return pruned
+    return model
 
 
 def prune(model: modelio.ModelLike, method: str = "magnitude", *,
@@ -119,7 +123,7 @@ def prune(model: modelio.ModelLike, method: str = "magnitude", *,
     if epochs > 0:
         pruned, training = retrain.finetune(pruned, normalized, prepared.train, config,
                                             batchnorm=train_batchnorm)
-        modelio.check(pruned)
+        _checked(pruned)
     report = {
         "method": method,
         "input": _where(model),

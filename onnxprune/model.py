@@ -110,6 +110,34 @@ def with_initializers(model: onnx.ModelProto,
     return out
 
 
+def store_sparse(model: onnx.ModelProto, *, max_density: float = 1 / 3) -> onnx.ModelProto:
+    """Return a copy of ``model`` with its sparse float initializers stored as sparse tensors.
+
+    An initializer whose share of non-zeros is at most ``max_density`` becomes a
+    ``sparse_initializer`` (values plus int64 flat indices: 12 bytes per non-zero at float32,
+    so it pays below about 1/3 density). onnxruntime densifies them at load. Run this last, on
+    the ModelProto: graph libraries drop or corrupt sparse initializers. Check the dense model
+    with the full checker first: onnx's shape inference cannot type sparse initializers.
+    """
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    dense = []
+    for tensor in out.graph.initializer:
+        values = onnx.numpy_helper.to_array(tensor)
+        flat = values.reshape(-1)
+        nonzero = np.flatnonzero(flat)
+        if values.dtype.kind != "f" or values.size < 16 or nonzero.size > max_density * flat.size:
+            dense.append(tensor)
+            continue
+        out.graph.sparse_initializer.append(onnx.helper.make_sparse_tensor(
+            onnx.numpy_helper.from_array(flat[nonzero], tensor.name),
+            onnx.numpy_helper.from_array(nonzero.astype(np.int64), f"{tensor.name}_indices"),
+            list(values.shape)))
+    del out.graph.initializer[:]
+    out.graph.initializer.extend(dense)
+    return out
+
+
 def check(model: onnx.ModelProto) -> None:
     """Run the full ONNX checker and open an onnxruntime session; raise on any failure."""
     onnx.checker.check_model(model, full_check=True)

@@ -329,3 +329,29 @@ def test_unfolded_batchnorm_is_folded_by_normalize() -> None:
         for a, b in zip(outputs(original, batch=4, seed=seed),
                         outputs(normalized, batch=4, seed=seed), strict=True):
             assert float(np.abs(a - b).max()) <= 1e-4
+
+
+@pytest.mark.parametrize("density", [0.05, 0.2, 0.5])
+def test_sparse_storage_shrinks_the_file_and_keeps_outputs(density: float) -> None:
+    from onnxprune import api
+    from onnxprune import model as modelio
+
+    model, graph = api.normalize(SAMPLES / "mlp.onnx")
+    rng = np.random.default_rng(0)
+    for tensor in graph.tensors().values():
+        if getattr(tensor, "values", None) is not None and np.asarray(tensor.values).ndim == 2:
+            values = np.asarray(tensor.values)
+            tensor.values = values * (rng.random(values.shape) < density)
+    masked = modelio.to_model(graph, model)
+    sparse = modelio.store_sparse(masked)
+    stored = len(sparse.graph.sparse_initializer)
+    if density <= 1 / 3:
+        assert stored == 3 and sparse.ByteSize() < masked.ByteSize() * (density * 3 + 0.05)
+    else:
+        assert stored == 0 and sparse.ByteSize() == masked.ByteSize()
+    onnx.checker.check_model(sparse)  # onnx's shape inference cannot type sparse initializers
+    feeds = modelio.random_inputs(masked, batch=3)
+    np.testing.assert_array_equal(modelio.run(masked, feeds)[0], modelio.run(sparse, feeds)[0])
+    back = modelio.load(sparse)  # densified again on load
+    assert not back.graph.sparse_initializer
+    np.testing.assert_array_equal(modelio.run(back, feeds)[0], modelio.run(masked, feeds)[0])

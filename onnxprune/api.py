@@ -45,8 +45,8 @@ class PruneResult:
     report: dict[str, Any] = field(default_factory=dict)
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write the model atomically and record the path and size in the report."""
-        size = modelio.save(self.model, path)
+        """Write the model atomically, sparse weights stored sparsely; record path and size."""
+        size = modelio.save(modelio.store_sparse(self.model), path)
         self.report["output"] = str(path)
         self.report["after"]["bytes"] = size
 
@@ -110,14 +110,14 @@ def prune(model: modelio.ModelLike, method: str = "magnitude", *,
     try:
         prepared = retrain.prepare(normalized, retrain.DataOptions(data, val_data, input_size,
                                                                    mean, std),
-                                   needs_training=epochs > 0)
+                                   needs_training=epochs > 0 or getattr(chosen, "trains", False))
         ctx = methods.Context(graph, groups, budget,
                               metrics.cpu_channel_block() if round_to is None else round_to,
-                              options, prepared.train, prepared.val, config)
+                              options, prepared.train, prepared.val, config, normalized)
         plan = chosen.run(ctx)
     except UsageError as e:
         raise UsageError(f"{_where(model)}: {e}") from e
-    pruned = apply_plan(normalized, plan)
+    pruned = apply_plan(modelio.with_initializers(normalized, plan.weights), plan)
     _check_runs(normalized, pruned)
     training = None
     if epochs > 0:
@@ -137,6 +137,7 @@ def prune(model: modelio.ModelLike, method: str = "magnitude", *,
         "before": {**_summary(normalized, model),
                    **retrain.quality(normalized, normalized, prepared.val)},
         "after": {**_summary(pruned), **retrain.quality(pruned, normalized, prepared.val)},
+        **plan.log,
         "training": training,
         "parity_max_abs_diff": retrain.parity(pruned, prepared.val),
         "groups": {"total": len(groups), "pruned": sum(plan.removed(g).size > 0 for g in groups),
@@ -184,13 +185,16 @@ def evaluate(model: modelio.ModelLike, data: Any, *, reference: modelio.ModelLik
             **train_evaluate(loaded, val, reference=ref)}
 
 
-def _summary(model: onnx.ModelProto, source: modelio.ModelLike | None = None) -> dict[str, int]:
-    params, flops = metrics.count(modelio.to_graph(model))
+def _summary(model: onnx.ModelProto, source: modelio.ModelLike | None = None) -> dict[str, Any]:
+    graph = modelio.to_graph(model)
+    params, flops = metrics.count(graph)
     if isinstance(source, (str, os.PathLike)):
         size = metrics.file_bytes(source)
     else:
-        size = metrics.model_bytes(source if isinstance(source, onnx.ModelProto) else model)
-    return {"params": params, "flops": flops, "bytes": size}
+        size = metrics.model_bytes(source if isinstance(source, onnx.ModelProto)
+                                   else modelio.store_sparse(model))
+    nonzero = metrics.nonzero_weights(graph)
+    return {"params": params, "flops": flops, "bytes": size, "nonzero_weights": nonzero}
 
 
 def _check_runs(before: onnx.ModelProto, after: onnx.ModelProto) -> None:

@@ -43,6 +43,9 @@ def main() -> None:
     """  # noqa: D301
 
 
+_METHOD_OPTIONS = ("sparsity", "granularity", "layer_sparsity", "tolerance")
+
+
 def _data_options(command: Any) -> Any:
     """The options that say where data comes from, shared by prune and eval."""
     for option in reversed([
@@ -95,6 +98,13 @@ def _fraction(ctx: click.Context, param: click.Parameter, value: float | None) -
                    "onnxruntime channel block, 16 with AVX-512, else 8; 1 disables).")
 @click.option("--report", "report_path", type=click.Path(path_type=Path),
               help="Also write the report as JSON here.")
+@click.option("--sparsity", type=float, help="admm: fraction of weights to remove, in (0, 1).")
+@click.option("--granularity", type=click.Choice(["weight", "filter"]),
+              help="admm: prune individual weights (default) or whole filters.")
+@click.option("--layer-sparsity", type=click.Path(path_type=Path),
+              help="admm: JSON file {weight name: sparsity} overriding the uniform rate.")
+@click.option("--tolerance", type=float,
+              help="Accuracy points the method may lose on the validation data.")
 @_data_options
 @click.option("--epochs", default=0, show_default=True, type=click.IntRange(min=0),
               help="Fine-tune the pruned model for this many epochs.")
@@ -110,7 +120,9 @@ def prune_command(model: Path, method: str, out: Path, report_path: Path | None,
                   **options: Any) -> None:
     """Prune MODEL and write the result to --out."""
     _check_paths(model, out, report_path)
-    result = api.prune(model, method, quiet=quiet, **_parsed(options))
+    given = {k: v for k, v in _parsed(options).items()
+             if v is not None or k not in _METHOD_OPTIONS}
+    result = api.prune(model, method, quiet=quiet, **given)
     result.save(out)
     if report_path is not None:
         modelio.save_text(json.dumps(result.report, indent=2) + "\n", report_path)
@@ -204,7 +216,8 @@ def _check_paths(model: Path, out: Path, report: Path | None) -> None:
 
 def _before_after(report: dict[str, Any]) -> str:
     rows = []
-    for key, label in (("params", "params"), ("flops", "FLOPs"), ("bytes", "file bytes")):
+    for key, label in (("params", "params"), ("nonzero_weights", "non-zero weights"),
+                       ("flops", "FLOPs"), ("bytes", "file bytes")):
         before, after = report["before"][key], report["after"][key]
         rows.append((label, f"{before:,}", f"{after:,}", f"{after / max(before, 1):.3f}"))
     g = report["groups"]

@@ -114,6 +114,18 @@ def _channels(node: gs.Node, w: Sequence[int]) -> tuple[int, int]:
     return w[0], w[1]
 
 
+def nonzero_weights(graph: gs.Graph) -> int:
+    """Non-zero entries of the weights of Conv, ConvTranspose, Gemm and MatMul (no biases).
+
+    Dense weights / non-zeros is the compression rate of unstructured pruning, as the ADMM
+    papers report it.
+    """
+    tensors = {t.name: t for t in (n.inputs[1] for n in graph.nodes
+                                   if n.op in _WEIGHT_INPUT and len(n.inputs) > 1)
+               if isinstance(t, gs.Constant)}
+    return sum(int(np.count_nonzero(t.values)) for t in tensors.values())
+
+
 def model_bytes(model: onnx.ModelProto) -> int:
     """Return the size of ``model`` serialised as one file."""
     return model.ByteSize()

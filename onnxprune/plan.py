@@ -1,8 +1,10 @@
 """The Plan: what a method decided, as plain serialisable data.
 
 ``keep`` maps a channel group's id to the sorted channel indices it keeps; a group missing
-from ``keep`` keeps everything. Applying a plan is the only edit a method causes; a plan that
-keeps everything leaves the model's function unchanged.
+from ``keep`` keeps everything. ``weights`` holds initializers a method trained (with the zeros
+of unstructured pruning), written into the graph before channels are removed; ``log`` is what
+the method reports (stages, rounds). Applying a plan is the only edit a method causes; a plan
+that keeps everything leaves the model's function unchanged.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ class Plan:
     """Channels to keep per group id."""
 
     keep: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    weights: dict[str, np.ndarray] = field(default_factory=dict)
+    log: dict[str, object] = field(default_factory=dict)
 
     def kept(self, group: ChannelGroup) -> np.ndarray:
         """Return the sorted channel indices ``group`` keeps under this plan."""
@@ -32,7 +36,7 @@ class Plan:
         return np.setdiff1d(np.arange(group.size), self.kept(group))
 
     def to_json(self) -> str:
-        """Serialise as JSON: ``{"keep": {group id: [indices]}}``."""
+        """Serialise the channel decisions as JSON: ``{"keep": {group id: [indices]}}``."""
         return json.dumps({"keep": {k: list(map(int, v)) for k, v in self.keep.items()}})
 
     @classmethod

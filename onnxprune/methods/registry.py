@@ -6,6 +6,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import onnx
 import onnx_graphsurgeon as gs
 
 from onnxprune.budget import Budget
@@ -20,8 +21,9 @@ from onnxprune.train import TrainConfig
 class Context:
     """What every method gets.
 
-    The normalised graph, its groups, the budget, the method's options, and for methods that
-    train, the training and validation data and the training options.
+    The normalised graph (and the same model as a ModelProto, to build a shadow from), its
+    groups, the budget, the method's options, and for methods that train, the training and
+    validation data and the training options.
     """
 
     graph: gs.Graph
@@ -32,6 +34,7 @@ class Context:
     data: Dataset | None = None
     val_data: Dataset | None = None
     train: TrainConfig = field(default_factory=TrainConfig)
+    model: onnx.ModelProto | None = None
 
     @property
     def prunable(self) -> tuple[ChannelGroup, ...]:

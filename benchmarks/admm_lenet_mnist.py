@@ -17,6 +17,7 @@ is the reference. Then:
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
 from pathlib import Path
 
@@ -83,7 +84,12 @@ def main() -> None:
           f"{admm_acc:.4f} | {100 * (base - admm_acc):.2f} | {epochs} |")
     print(f"| magnitude one-shot + masked retraining | {total / nonzero:.1f}x | {nonzero} | "
           f"{magnitude_acc:.4f} | {100 * (base - magnitude_acc):.2f} | {epochs} |")
-    print(f"admm stages kept: {len(kept)} of {len(result.report['stages'])}; {seconds:.0f} s")
+    with tempfile.TemporaryDirectory() as folder:
+        result.save(Path(folder) / "admm.onnx")
+        small = (Path(folder) / "admm.onnx").stat().st_size
+    print(f"admm stages kept: {len(kept)} of {len(result.report['stages'])}; {seconds:.0f} s; "
+          f"file {reference.ByteSize()} -> {small} bytes ({reference.ByteSize() / small:.1f}x "
+          "smaller)")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from typing import Any
 import click
 from onnx_graphsurgeon.logger import G_LOGGER
 
-from onnxprune import api, methods, metrics
+from onnxprune import api, methods, metrics, plot
 from onnxprune import model as modelio
 from onnxprune.errors import OnnxPruneError, UsageError
 
@@ -105,6 +105,9 @@ def _fraction(ctx: click.Context, param: click.Parameter, value: float | None) -
               help="admm: JSON file {weight name: sparsity} overriding the uniform rate.")
 @click.option("--tolerance", type=float,
               help="Accuracy points the method may lose on the validation data.")
+@click.option("--plot", "plot_path", type=click.Path(path_type=Path),
+              help="Draw the method's stages (quality against compression) into this PNG "
+                   "(needs matplotlib: pip install 'onnxprune[plot]').")
 @_data_options
 @click.option("--epochs", default=0, show_default=True, type=click.IntRange(min=0),
               help="Fine-tune the pruned model for this many epochs.")
@@ -117,15 +120,21 @@ def _fraction(ctx: click.Context, param: click.Parameter, value: float | None) -
               help="Fine-tune with a BatchNorm after each Conv, folded back on export.")
 @click.option("--quiet", is_flag=True, help="Print nothing but errors.")
 def prune_command(model: Path, method: str, out: Path, report_path: Path | None, quiet: bool,
-                  **options: Any) -> None:
+                  plot_path: Path | None, **options: Any) -> None:
     """Prune MODEL and write the result to --out."""
     _check_paths(model, out, report_path)
+    if plot_path is not None:
+        plot.require_matplotlib()
     given = {k: v for k, v in _parsed(options).items()
              if v is not None or k not in _METHOD_OPTIONS}
     result = api.prune(model, method, quiet=quiet, **given)
     result.save(out)
     if report_path is not None:
         modelio.save_text(json.dumps(result.report, indent=2) + "\n", report_path)
+    if plot_path is not None:
+        if "stages" not in result.report:
+            raise UsageError(f"--plot: method '{method}' records no stages to draw")
+        plot.plot_stages(result.report["stages"], plot_path)
     for warning in result.report["warnings"]:
         click.echo(f"onnxprune: warning: {warning}", err=True)
     if not quiet:

@@ -140,3 +140,23 @@ def test_cli_command_as_typed_without_data(tmp_path: Path) -> None:
     assert onnx.load(str(out)).graph.sparse_initializer
     modelio.session(onnx.load(str(out)))
 
+
+
+def test_plot_draws_the_stages(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    from onnxprune.plot import plot_stages
+
+    stages = [{"stage": 1, "compression": 2.0, "accuracy": 0.97},
+              {"stage": 2, "compression": 4.1, "accuracy": 0.95}]
+    plot_stages(stages, tmp_path / "curve.png")
+    assert (tmp_path / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(UsageError, match="no validation data"):
+        plot_stages([{"stage": 1, "compression": 2.0}], tmp_path / "none.png")
+
+
+def test_plot_without_matplotlib_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    from onnxprune.plot import require_matplotlib
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    with pytest.raises(UsageError, match=r"pip install 'onnxprune\[plot\]'"):
+        require_matplotlib()

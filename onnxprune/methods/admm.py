@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -126,7 +127,7 @@ class Admm:
             start = time.perf_counter()
             keep = {n: math.ceil(min(1.0, d * fraction / (1 - opts.sparsity))
                                  * shadow.parameter(n).numel()) for n, d in densities.items()}
-            _admm_stage(shadow, keep, ctx, teacher, opts)
+            _admm_stage(shadow, list(keep), _weights_projection(keep), ctx, teacher, opts)
             quality = _quality(shadow, ctx, teacher)
             nonzero = sum(int(_weight(shadow, n).count_nonzero()) for n in densities)
             total = sum(shadow.parameter(n).numel() for n in densities)
@@ -140,11 +141,17 @@ class Admm:
         return Plan(weights=best, log={"stages": stages, "baseline": baseline})
 
 
-def _admm_stage(shadow: ShadowModel, keep: dict[str, int], ctx: Context,
+Projection = Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]
+
+
+def _admm_stage(shadow: ShadowModel, names: list[str], proj: Projection, ctx: Context,
                 teacher: ShadowModel | None, opts: AdmmOptions) -> None:
-    """One stage: ADMM iterations, then hard pruning to the support of Z and masked retraining."""
+    """One stage: ADMM iterations, then hard pruning to the support of Z and masked retraining.
+
+    ``proj`` maps the weights ``names`` to their projection onto the stage's sparse set.
+    """
     with torch.no_grad():
-        z = {n: project(_weight(shadow, n), k) for n, k in keep.items()}
+        z = proj({n: _weight(shadow, n) for n in names})
         u = {n: torch.zeros_like(v) for n, v in z.items()}
     rho = opts.rho
     for _ in range(opts.iterations):
@@ -152,15 +159,21 @@ def _admm_stage(shadow: ShadowModel, keep: dict[str, int], ctx: Context,
                                         lr=opts.admm_lr),
               teacher=teacher, hooks=[AdmmPenalty(z, u, rho)])
         with torch.no_grad():
-            for n, k in keep.items():
-                w = _weight(shadow, n)
-                z[n] = project(w + u[n], k)
-                u[n] += w - z[n]
+            w = {n: _weight(shadow, n) for n in names}
+            z = proj({n: w[n] + u[n] for n in names})
+            for n in names:
+                u[n] += w[n] - z[n]
         rho *= opts.rho_growth
     for n, v in z.items():
         shadow.set_mask(n, v != 0)
     train(shadow, ctx.data, replace(ctx.train, epochs=opts.retrain_epochs, lr=opts.retrain_lr),
           teacher=teacher)
+
+
+def _weights_projection(keep: dict[str, int]) -> Projection:
+    def proj(values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {n: project(v, keep[n]) for n, v in values.items()}
+    return proj
 
 
 def _layer_densities(shadow: ShadowModel, opts: AdmmOptions) -> dict[str, float]:

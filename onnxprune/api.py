@@ -94,7 +94,7 @@ def prune(model: modelio.ModelLike, method: str = "magnitude", *,
     ``train_batchnorm`` fine-tunes with a BatchNorm after each Conv, folded back on export.
     """
     config = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, device=device, seed=seed,
-                         quiet=quiet)
+                         quiet=quiet, batchnorm=train_batchnorm)
     budget = Budget(max_flops, max_params)
     chosen = methods.create(method)
     unknown = sorted(set(options) - set(chosen.options))
@@ -121,8 +121,7 @@ def prune(model: modelio.ModelLike, method: str = "magnitude", *,
     _check_runs(normalized, pruned)
     training = None
     if epochs > 0:
-        pruned, training = retrain.finetune(pruned, normalized, prepared.train, config,
-                                            batchnorm=train_batchnorm)
+        pruned, training = retrain.finetune(pruned, normalized, prepared.train, config)
         _checked(pruned)
     report = {
         "method": method,

@@ -82,16 +82,9 @@ def _load(source: Any, spec: datasets.InputSpec, options: DataOptions) -> datase
 
 
 def finetune(pruned: onnx.ModelProto, original: onnx.ModelProto, data: datasets.Dataset,
-             config: TrainConfig, *,
-             batchnorm: bool = True) -> tuple[onnx.ModelProto, dict[str, Any]]:
-    """Train ``pruned`` through its shadow; return the trained model and a training summary.
-
-    ``batchnorm`` trains with a BatchNorm after each Conv (folded back on export).
-    """
-    shadow = ShadowModel(pruned)
-    if batchnorm:
-        shadow.add_batchnorm(next(data.batches(min(len(data), 256), shuffle=True,
-                                               seed=config.seed))[0])
+             config: TrainConfig) -> tuple[onnx.ModelProto, dict[str, Any]]:
+    """Train ``pruned`` through its shadow; return the trained model and a training summary."""
+    shadow = trainable_shadow(pruned, data, config)
     teacher = None if data.labelled else ShadowModel(original)
     start = time.perf_counter()
     history = train(shadow, data, config, teacher=teacher)
@@ -100,6 +93,20 @@ def finetune(pruned: onnx.ModelProto, original: onnx.ModelProto, data: datasets.
     return trained, {"epochs": config.epochs, "loss": history,
                      "batchnorms_inserted": len(shadow.batchnorms),
                      "seconds": round(time.perf_counter() - start, 2)}
+
+
+def trainable_shadow(model: onnx.ModelProto, data: datasets.Dataset | None,
+                     config: TrainConfig) -> ShadowModel:
+    """The shadow of ``model`` on ``config.device``, ready to train.
+
+    With ``config.batchnorm`` a BatchNorm follows each Conv, calibrated on a seeded batch of
+    ``data`` so the function is unchanged.
+    """
+    shadow = ShadowModel(model).to(torch.device(config.device))
+    if config.batchnorm and data is not None and len(data):
+        x = next(data.batches(min(len(data), 256), shuffle=True, seed=config.seed))[0]
+        shadow.add_batchnorm(x.to(torch.device(config.device)))
+    return shadow
 
 
 def quality(model: onnx.ModelProto, original: onnx.ModelProto,

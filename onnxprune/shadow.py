@@ -174,8 +174,11 @@ class ShadowModel(nn.Module):
             self.batchnorms[str(i)] = bn
         return len(self.batchnorms)
 
-    def _folded(self) -> dict[str, torch.Tensor]:
-        """Conv weights and biases with their inserted BatchNorm folded in."""
+    def folded_values(self) -> dict[str, torch.Tensor]:
+        """Every constant by initializer name as export writes it.
+
+        Masks are applied and inserted BatchNorms folded into their Conv's weight and bias.
+        """
         values = dict(self.values())
         for key, bn in self.batchnorms.items():
             weight, bias = self._steps[int(key)].inputs[1:]
@@ -218,7 +221,8 @@ class ShadowModel(nn.Module):
         Masks are applied and inserted BatchNorms folded into their convolutions.
         """
         with torch.no_grad():
-            values = {name: value.detach().cpu().numpy() for name, value in self._folded().items()
+            values = {name: value.detach().cpu().numpy()
+                      for name, value in self.folded_values().items()
                       if self._keys[name] in self.weights}
         return modelio.with_initializers(self._proto, values)
 

@@ -38,6 +38,7 @@ class TrainConfig:
     device: str = "cpu"
     seed: int = 0
     quiet: bool = False
+    batchnorm: bool = True  # train with a BatchNorm after each Conv (ShadowModel.add_batchnorm)
 
     def __post_init__(self) -> None:
         if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):

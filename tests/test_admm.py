@@ -19,7 +19,7 @@ import onnxprune
 from onnxprune import data as datasets
 from onnxprune import model as modelio
 from onnxprune.errors import UsageError
-from onnxprune.methods.admm import AdmmPenalty, project, stage_densities
+from onnxprune.methods.admm import AdmmPenalty, project, project_filters, stage_densities
 from onnxprune.shadow import ShadowModel
 from onnxprune.train import TrainConfig, train
 
@@ -122,9 +122,35 @@ def test_layer_sparsity_map(tmp_path: Path) -> None:
         onnxprune.prune(LENET, "admm", layer_sparsity=mapping, data=DIGITS, quiet=True, **FAST)
 
 
+def test_filter_projection_keeps_whole_channels_across_a_group() -> None:
+    a = torch.tensor([[3.0, 0.0], [0.1, 0.1], [1.0, 1.0]])  # channels on axis 0
+    b = torch.tensor([[0.0, 0.0, 0.0], [0.0, 0.0, 5.0], [0.0, 1.0, 0.0]]).T  # channels on axis 1
+    out = project_filters({"a": a, "b": b}, {"g": [("a", 0), ("b", 1)]}, {"g": 2})
+    # channel norms across both: 3, 5.01, 1.73 -> channels 0 and 1 stay, in both tensors
+    assert torch.equal(out["a"], torch.tensor([[3.0, 0.0], [0.1, 0.1], [0.0, 0.0]]))
+    assert torch.equal(out["b"][:, 2], torch.zeros(3)) and torch.equal(out["b"][:, :2], b[:, :2])
+
+
+def test_filter_level_removes_channels_within_the_budget(tmp_path: Path) -> None:
+    result = onnxprune.prune(ROOT / "sample_models" / "resnet.onnx", "admm",
+                             granularity="filter", max_flops=0.5, round_to=8, data=DIGITS,
+                             quiet=True, **FAST)
+    report = result.report
+    assert report["after"]["flops"] <= 0.5 * report["before"]["flops"]
+    assert [s["stage"] for s in report["stages"]] == [1, 2, 3]
+    assert report["stages"][-1]["flops_kept"] == pytest.approx(
+        report["after"]["flops"] / report["before"]["flops"], abs=1e-3)
+    assert report["after"]["accuracy"] == pytest.approx(report["stages"][-1]["accuracy"],
+                                                        abs=0.02)
+    assert report["parity_max_abs_diff"] <= 1e-4
+    assert all(v % 8 == 0 for v in report["plan"].values())
+
+
 def test_bad_options() -> None:
     with pytest.raises(UsageError, match="granularity"):
-        onnxprune.prune(LENET, "admm", granularity="filter", quiet=True)
+        onnxprune.prune(LENET, "admm", granularity="channel", quiet=True)
+    with pytest.raises(UsageError, match="--max-flops"):
+        onnxprune.prune(LENET, "admm", granularity="filter", data=DIGITS, quiet=True)
     with pytest.raises(UsageError, match="sparsity"):
         onnxprune.prune(LENET, "admm", sparsity=1.5, quiet=True)
 

@@ -36,9 +36,13 @@ from typing import Any
 
 import torch
 
+from onnxprune import metrics
+from onnxprune.budget import Budget, plan_for_budget
 from onnxprune.errors import UsageError
+from onnxprune.methods.magnitude import normalised_l1
 from onnxprune.methods.registry import Context, register
 from onnxprune.plan import Plan
+from onnxprune.retrain import trainable_shadow
 from onnxprune.shadow import ShadowModel
 from onnxprune.train import Hooks, evaluate, train
 
@@ -60,9 +64,8 @@ class AdmmOptions:
     tolerance: float | None = None
 
     def __post_init__(self) -> None:
-        if self.granularity != "weight":
-            raise UsageError(f"--granularity {self.granularity}: only 'weight' is implemented "
-                             "so far")
+        if self.granularity not in ("weight", "filter"):
+            raise UsageError(f"--granularity must be weight or filter, got {self.granularity}")
         if not 0 < self.sparsity < 1:
             raise UsageError(f"--sparsity must be in (0, 1), got {self.sparsity}")
 
@@ -80,6 +83,28 @@ def project(w: torch.Tensor, keep: int) -> torch.Tensor:
     out = torch.zeros_like(flat)
     out[order] = flat[order]
     return out.reshape(w.shape)
+
+
+def project_filters(values: dict[str, torch.Tensor], rows: dict[str, list[tuple[str, int]]],
+                    keep: dict[str, int]) -> dict[str, torch.Tensor]:
+    """Group-aware projection onto {at most ``keep[g]`` non-zero channels in each group g}.
+
+    ``rows[g]`` lists the producer weights of group g and their channel axis. A channel's norm
+    is the L2 norm of its rows across all of them (a residual group's filters are kept or
+    dropped together); the ``keep[g]`` largest are kept, ties going to the lower index.
+    """
+    out = dict(values)
+    for gid, members in rows.items():
+        norms = sum(values[n].movedim(axis, 0).reshape(values[n].shape[axis], -1)
+                    .square().sum(1) for n, axis in members)
+        order = torch.argsort(-norms, stable=True)[:keep[gid]]
+        mask = torch.zeros_like(norms, dtype=torch.bool)
+        mask[order] = True
+        for n, axis in members:
+            shape = [1] * values[n].ndim
+            shape[axis] = -1
+            out[n] = out[n] * mask.reshape(shape)
+    return out
 
 
 def stage_densities(density: float) -> list[float]:
@@ -115,13 +140,13 @@ class Admm:
     def run(self, ctx: Context) -> Plan:
         """Train with ADMM stage by stage; return the trained, masked weights."""
         opts = AdmmOptions(**ctx.options)
-        shadow, teacher = ShadowModel(ctx.model), None
+        shadow, teacher = trainable_shadow(ctx.model, ctx.data, ctx.train), None
         if ctx.data is not None and not ctx.data.labelled:
             teacher = ShadowModel(ctx.model)
-        device = torch.device(ctx.train.device)
-        shadow.to(device)
-        densities = _layer_densities(shadow, opts)
         baseline = _quality(shadow, ctx, teacher)
+        if opts.granularity == "filter":
+            return _run_filters(shadow, teacher, baseline, ctx, opts)
+        densities = _layer_densities(shadow, opts)
         stages, best = [], _snapshot(shadow)
         for stage, fraction in enumerate(stage_densities(1 - opts.sparsity)):
             start = time.perf_counter()
@@ -170,6 +195,48 @@ def _admm_stage(shadow: ShadowModel, names: list[str], proj: Projection, ctx: Co
           teacher=teacher)
 
 
+def _run_filters(shadow: ShadowModel, teacher: ShadowModel | None, baseline: dict[str, float],
+                 ctx: Context, opts: AdmmOptions) -> Plan:
+    """Filter level: stages towards the FLOPs / parameter budget, then channels removed."""
+    budget = ctx.budget
+    if budget.max_flops is None and budget.max_params is None:
+        raise UsageError("admm --granularity filter needs --max-flops F or --max-params F")
+    rows = {g.id: [(s.initializer, s.axis) for s in g.producers if not s.bias]
+            for g in ctx.prunable}
+    names = sorted({n for members in rows.values() for n, _ in members})
+    params0, flops0 = metrics.count(ctx.graph)
+    stages, best = [], (Plan(), _snapshot(shadow))
+    for stage in (1, 2, 3):  # each stage takes a third of the way, geometrically
+        start = time.perf_counter()
+        target = Budget(*(None if f is None else f ** (stage / 3)
+                          for f in (budget.max_flops, budget.max_params)))
+        with torch.no_grad():
+            scores = {gid: normalised_l1([_weight(shadow, n).movedim(a, 0).flatten(1).cpu()
+                                          .numpy() for n, a in members])
+                      for gid, members in rows.items()}
+        plan = plan_for_budget(ctx.graph, ctx.groups, scores, target, ctx.round_to)
+        keep = {gid: len(kept) for gid, kept in plan.keep.items()}
+        _admm_stage(shadow, names,
+                    lambda v, keep=keep: project_filters(v, rows, keep), ctx, teacher, opts)
+        with torch.no_grad():
+            masked = {n: _weight(shadow, n) for n in names}
+            chosen = Plan({gid: tuple(int(i) for i in torch.nonzero(sum(
+                masked[n].movedim(a, 0).flatten(1).abs().sum(1) for n, a in members)).flatten())
+                for gid, members in rows.items()})
+        params, flops = metrics.count(ctx.graph, metrics.planned_shapes(ctx.graph, ctx.groups,
+                                                                         chosen))
+        quality = _quality(shadow, ctx, teacher)
+        stages.append({"stage": stage, "flops_kept": round(flops / flops0, 4),
+                       "params_kept": round(params / params0, 4), **quality,
+                       "seconds": round(time.perf_counter() - start, 2)})
+        if opts.tolerance is not None and _drop(baseline, quality) > opts.tolerance / 100:
+            stages[-1]["kept"] = False
+            break
+        best = (chosen, _snapshot(shadow))
+    return Plan(keep=dict(best[0].keep), weights=best[1],
+                log={"stages": stages, "baseline": baseline})
+
+
 def _weights_projection(keep: dict[str, int]) -> Projection:
     def proj(values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {n: project(v, keep[n]) for n, v in values.items()}
@@ -214,7 +281,8 @@ def _weight(shadow: ShadowModel, name: str) -> torch.Tensor:
 def _snapshot(shadow: ShadowModel) -> dict[str, Any]:
     names = set(shadow.initializer_names())
     with torch.no_grad():
-        return {n: v.detach().cpu().numpy().copy() for n, v in shadow.values() if n in names}
+        return {n: v.detach().cpu().numpy().copy() for n, v in shadow.folded_values().items()
+                if n in names}
 
 
 def _quality(shadow: ShadowModel, ctx: Context, teacher: ShadowModel | None) -> dict[str, float]:

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx.helper
+import onnx.numpy_helper
 import onnx.parser
 import pytest
 
@@ -33,6 +35,30 @@ def build(body: str, weights: dict[str, tuple[int, ...]], inputs: str = "float[N
                       + "}" for name, shape in weights.items())
     text = f"{HEADER} g ({inputs}) => ({outputs}) <{inits}> {{\n{body}\n}}"
     return modelio.load(onnx.parser.parse_model(text))
+
+
+def computed_weight_model(weight_node: onnx.NodeProto,
+                          initializers: list[onnx.TensorProto]) -> onnx.ModelProto:
+    """x (N, 2, 6, 6) -> conv1 (3x3, pad 1, 4 filters) -> Relu -> conv2 (1x1, 3 filters) -> y.
+
+    conv1's weight ``w1`` is the output of ``weight_node`` (a Constant, a Cast, ...), which
+    reads from ``initializers``; conv2's weight ``w2`` is a seeded random initializer.
+    """
+    make = onnx.helper.make_node
+    w2 = onnx.numpy_helper.from_array(
+        np.random.default_rng(0).standard_normal((3, 4, 1, 1)).astype(np.float32), "w2")
+    graph = onnx.helper.make_graph(
+        [weight_node,
+         make("Conv", ["x", "w1"], ["c1"], kernel_shape=[3, 3], pads=[1, 1, 1, 1], name="conv1"),
+         make("Relu", ["c1"], ["r1"]),
+         make("Conv", ["r1", "w2"], ["y"], kernel_shape=[1, 1], name="conv2")],
+        "computed_weight",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 2, 6, 6])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 3, 6, 6])],
+        [*initializers, w2])
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model
 
 
 @cache

@@ -16,6 +16,7 @@ import onnx.helper
 import onnx.numpy_helper
 import onnx.version_converter
 import pytest
+from conftest import computed_weight_model
 
 from onnxprune import api
 from onnxprune import model as modelio
@@ -218,19 +219,8 @@ def _sparse_constant_model() -> tuple[onnx.ModelProto, np.ndarray]:
     sparse = onnx.helper.make_sparse_tensor(
         onnx.numpy_helper.from_array(flat[nonzero], "w1_values"),
         onnx.numpy_helper.from_array(nonzero.astype(np.int64), "w1_indices"), list(w1.shape))
-    make = onnx.helper.make_node
-    graph = onnx.helper.make_graph(
-        [make("Constant", [], ["w1"], sparse_value=sparse),
-         make("Conv", ["x", "w1"], ["c1"], kernel_shape=[3, 3], pads=[1, 1, 1, 1], name="conv1"),
-         make("Relu", ["c1"], ["r1"]),
-         make("Conv", ["r1", "w2"], ["y"], kernel_shape=[1, 1], name="conv2")],
-        "sparse_constant",
-        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 2, 6, 6])],
-        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 3, 6, 6])],
-        [onnx.numpy_helper.from_array(rng.standard_normal((3, 4, 1, 1)).astype(np.float32),
-                                      "w2")])
-    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 13)])
-    model.ir_version = 8
+    model = computed_weight_model(
+        onnx.helper.make_node("Constant", [], ["w1"], sparse_value=sparse), [])
     onnx.checker.check_model(model, full_check=True)
     return model, w1
 

@@ -14,6 +14,7 @@ import onnx
 import onnx.helper
 import onnx.numpy_helper
 import pytest
+from conftest import computed_weight_model
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -104,22 +105,10 @@ def test_vgg16_cifar_flops_match_li_et_al() -> None:
 
 
 def test_conv_with_a_computed_weight_is_counted() -> None:
-    rng = np.random.default_rng(0)
-    make = onnx.helper.make_node
-    graph = onnx.helper.make_graph(
-        [make("Cast", ["w1_half"], ["w1"], to=onnx.TensorProto.FLOAT),
-         make("Conv", ["x", "w1"], ["c1"], kernel_shape=[3, 3], pads=[1, 1, 1, 1], name="conv1"),
-         make("Relu", ["c1"], ["r1"]),
-         make("Conv", ["r1", "w2"], ["y"], kernel_shape=[1, 1], name="conv2")],
-        "cast_weight",
-        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 2, 6, 6])],
-        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 3, 6, 6])],
-        [onnx.numpy_helper.from_array(rng.standard_normal((4, 2, 3, 3)).astype(np.float16),
-                                      "w1_half"),
-         onnx.numpy_helper.from_array(rng.standard_normal((3, 4, 1, 1)).astype(np.float32),
-                                      "w2")])
-    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 13)])
-    model.ir_version = 8
+    half = np.random.default_rng(0).standard_normal((4, 2, 3, 3)).astype(np.float16)
+    model = computed_weight_model(
+        onnx.helper.make_node("Cast", ["w1_half"], ["w1"], to=onnx.TensorProto.FLOAT),
+        [onnx.numpy_helper.from_array(half, "w1_half")])
 
     params, flops = metrics.count(modelio.to_graph(modelio.load(model)))
 

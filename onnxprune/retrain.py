@@ -109,12 +109,21 @@ def trainable_shadow(model: onnx.ModelProto, data: datasets.Dataset | None,
     return shadow
 
 
-def quality(model: onnx.ModelProto, original: onnx.ModelProto,
+def quality(model: onnx.ModelProto | torch.nn.Module, original: onnx.ModelProto | torch.nn.Module,
             val: datasets.Dataset | None) -> dict[str, float]:
-    """Accuracy on labelled ``val``, else agreement with ``original``; {} without data."""
+    """Accuracy on labelled ``val``, else agreement with ``original``; {} without data.
+
+    Either model may be an ONNX model (run in onnxruntime) or a shadow.
+    """
     if val is None:
         return {}
     return evaluate(model, val, reference=None if val.labelled else original)
+
+
+def quality_drop(baseline: dict[str, float], current: dict[str, float]) -> float:
+    """How much of the baseline's accuracy (or agreement) ``current`` lost, as a fraction."""
+    key = "accuracy" if "accuracy" in baseline else "agreement"
+    return baseline.get(key, 1.0) - current.get(key, 1.0)
 
 
 def parity(model: onnx.ModelProto, val: datasets.Dataset | None) -> float | None:

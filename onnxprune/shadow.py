@@ -141,6 +141,11 @@ class ShadowModel(nn.Module):
         key = self._masks.get(name)
         return getattr(self, key) if key else None
 
+    def masked(self, name: str) -> torch.Tensor:
+        """Trainable initializer ``name`` as forward uses it: times its mask, if it has one."""
+        mask = self.mask(name)
+        return self.parameter(name) * mask if mask is not None else self.parameter(name)
+
     def values(self) -> Iterator[tuple[str, torch.Tensor]]:
         """Every constant by initializer name, masks applied: what forward and export use."""
         for name, key in self._keys.items():
@@ -220,11 +225,14 @@ class ShadowModel(nn.Module):
 
         Masks are applied and inserted BatchNorms folded into their convolutions.
         """
+        return modelio.with_initializers(self._proto, self.snapshot())
+
+    def snapshot(self) -> dict[str, np.ndarray]:
+        """A copy of every trainable initializer as :meth:`export` writes it."""
         with torch.no_grad():
-            values = {name: value.detach().cpu().numpy()
-                      for name, value in self.folded_values().items()
-                      if self._keys[name] in self.weights}
-        return modelio.with_initializers(self._proto, values)
+            return {name: value.detach().cpu().numpy().copy()
+                    for name, value in self.folded_values().items()
+                    if self._keys[name] in self.weights}
 
 
 def _unique_key(name: str, taken: Any) -> str:

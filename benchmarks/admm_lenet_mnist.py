@@ -40,10 +40,11 @@ def main() -> None:
     parser.add_argument("--sparsity", type=float, default=0.99)
     parser.add_argument("--iterations", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=2, help="epochs per ADMM iteration")
-    parser.add_argument("--retrain-epochs", type=int, default=2)
+    parser.add_argument("--retrain-epochs", type=int, default=4)
     parser.add_argument("--rho", type=float, default=0.1)
     parser.add_argument("--rho-growth", type=float, default=1.5)
     parser.add_argument("--admm-lr", type=float, default=1e-2)
+    parser.add_argument("--layer-sparsity", default="global")
     parser.add_argument("--mnist", type=Path, default=ROOT.parent / "shared" / "data" / "mnist")
     args = parser.parse_args()
     mnist = datasets.load_mnist_idx(args.mnist)
@@ -59,9 +60,12 @@ def main() -> None:
                              data=train_set, val_data=test, quiet=True,
                              iterations=args.iterations, epochs_per_iteration=args.epochs,
                              retrain_epochs=args.retrain_epochs, rho=args.rho,
-                             rho_growth=args.rho_growth, admm_lr=args.admm_lr)
+                             rho_growth=args.rho_growth, admm_lr=args.admm_lr,
+                             layer_sparsity=args.layer_sparsity)
     seconds = time.perf_counter() - start
     kept = [s for s in result.report["stages"] if s.get("kept", True)]
+    for s in result.report["stages"]:
+        print(s)
     admm_acc = result.report["after"]["accuracy"]
     weights = {t.name: onnx.numpy_helper.to_array(t) for t in result.model.graph.initializer}
     epochs = len(result.report["stages"]) * (args.iterations * args.epochs + args.retrain_epochs)
@@ -72,7 +76,7 @@ def main() -> None:
         for n in names:
             keep = int(np.count_nonzero(weights[n]))
             oneshot.set_mask(n, project(oneshot.parameter(n), keep) != 0)
-    train(oneshot, train_set, TrainConfig(epochs=epochs, lr=1e-2, quiet=True))
+    train(oneshot, train_set, TrainConfig(epochs=epochs, lr=1e-2, cosine=True, quiet=True))
     magnitude_acc = evaluate(oneshot, test)["accuracy"]
 
     total = sum(weights[n].size for n in names)

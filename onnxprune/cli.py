@@ -101,8 +101,10 @@ def _fraction(ctx: click.Context, param: click.Parameter, value: float | None) -
 @click.option("--sparsity", type=float, help="admm: fraction of weights to remove, in (0, 1).")
 @click.option("--granularity", type=click.Choice(["weight", "filter"]),
               help="admm: prune individual weights (default) or whole filters.")
-@click.option("--layer-sparsity", type=click.Path(path_type=Path),
-              help="admm: JSON file {weight name: sparsity} overriding the uniform rate.")
+@click.option("--layer-sparsity",
+              help="admm: uniform (default; first and last layers 3x denser), global (one "
+                   "magnitude ranking over all layers), or a JSON/YAML file {weight name: "
+                   "sparsity}.")
 @click.option("--tolerance", type=float,
               help="Accuracy points the method may lose on the validation data.")
 @click.option("--plot", "plot_path", type=click.Path(path_type=Path),

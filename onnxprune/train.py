@@ -39,6 +39,7 @@ class TrainConfig:
     seed: int = 0
     quiet: bool = False
     batchnorm: bool = True  # train with a BatchNorm after each Conv (ShadowModel.add_batchnorm)
+    cosine: bool = False  # decay the learning rate to zero along a cosine over the run
 
     def __post_init__(self) -> None:
         if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
@@ -80,8 +81,9 @@ def train(model: nn.Module, data: Dataset, config: TrainConfig, *,
     optimiser = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
                                 weight_decay=config.weight_decay)
     steps = config.epochs * -(-len(data) // config.batch_size)
-    bar = tqdm(total=steps, unit="batch", disable=config.quiet or not sys.stderr.isatty(),
-               desc="training")
+    schedule = (torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, max(steps, 1))
+                if config.cosine else None)
+    bar = progress(steps, "training", config.quiet, unit="batch")
     history = []
     for epoch in range(config.epochs):
         total, count, start = 0.0, 0, time.perf_counter()
@@ -101,6 +103,8 @@ def train(model: nn.Module, data: Dataset, config: TrainConfig, *,
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
+            if schedule is not None:
+                schedule.step()
             for hook in hooks:
                 hook.after_step(model)
             total += float(loss.detach()) * len(x)
@@ -114,6 +118,11 @@ def train(model: nn.Module, data: Dataset, config: TrainConfig, *,
     bar.close()
     model.eval()
     return history
+
+
+def progress(total: int, desc: str, quiet: bool, unit: str = "it") -> tqdm:
+    """A progress bar on stderr; silent when ``quiet`` or when stderr is not a terminal."""
+    return tqdm(total=total, desc=desc, unit=unit, disable=quiet or not sys.stderr.isatty())
 
 
 def distillation_loss(output: torch.Tensor, target: torch.Tensor,

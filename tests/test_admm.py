@@ -19,7 +19,15 @@ import onnxprune
 from onnxprune import data as datasets
 from onnxprune import model as modelio
 from onnxprune.errors import UsageError
-from onnxprune.methods.admm import AdmmPenalty, project, project_filters, stage_densities
+from onnxprune.filters import Filters
+from onnxprune.groups import ChannelGroup, Slice
+from onnxprune.methods.admm import (
+    AdmmPenalty,
+    project,
+    project_filters,
+    project_global,
+    stage_densities,
+)
 from onnxprune.shadow import ShadowModel
 from onnxprune.train import TrainConfig, train
 
@@ -108,24 +116,64 @@ def test_tolerance_stops_the_progression() -> None:
         "nonzero_weights"] or not kept
 
 
-def test_layer_sparsity_map(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("suffix", "dump"), [
+    (".json", json.dumps), (".yaml", lambda m: "".join(f"{k}: {v}\n" for k, v in m.items()))])
+def test_layer_sparsity_map(tmp_path: Path, suffix: str, dump) -> None:
     shadow = ShadowModel(normalized(LENET))
     name = [n for n in shadow.initializer_names() if shadow.parameter(n).ndim >= 2][1]
-    mapping = tmp_path / "layers.json"
-    mapping.write_text(json.dumps({name: 0.5}))
+    mapping = tmp_path / f"layers{suffix}"
+    mapping.write_text(dump({name: 0.5}))
     result = onnxprune.prune(LENET, "admm", sparsity=0.9, layer_sparsity=mapping, data=DIGITS,
                              quiet=True, **FAST)
     weights = {t.name: onnx.numpy_helper.to_array(t) for t in result.model.graph.initializer}
     assert 0.45 <= float(np.count_nonzero(weights[name])) / weights[name].size <= 0.55
-    mapping.write_text(json.dumps({"no_such_weight": 0.5}))
+    mapping.write_text(dump({"no_such_weight": 0.5}))
     with pytest.raises(UsageError, match="no_such_weight"):
         onnxprune.prune(LENET, "admm", layer_sparsity=mapping, data=DIGITS, quiet=True, **FAST)
+
+
+@pytest.mark.parametrize("text", ["- 0.5\n- 0.9\n", "{a: [1, 2]}", "{: oops"])
+def test_layer_sparsity_file_that_is_not_a_map_is_refused(tmp_path: Path, text: str) -> None:
+    mapping = tmp_path / "layers.yaml"
+    mapping.write_text(text)
+    with pytest.raises(UsageError, match="layers.yaml: --layer-sparsity needs"):
+        onnxprune.prune(LENET, "admm", layer_sparsity=mapping, data=DIGITS, quiet=True, **FAST)
+    with pytest.raises(UsageError, match="--layer-sparsity needs"):
+        onnxprune.prune(LENET, "admm", layer_sparsity="unifrom", data=DIGITS, quiet=True,
+                        **FAST)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.lists(st.floats(-4, 4, width=32), min_size=1, max_size=12), min_size=1,
+                max_size=4), st.integers(0, 50))
+def test_global_projection_keeps_the_largest_over_all_layers(layers, keep: int) -> None:
+    values = {f"w{i}": torch.tensor(v) for i, v in enumerate(layers)}
+    out = project_global(values, keep)
+    flat, z = torch.cat(list(values.values())), torch.cat([out[n] for n in values])
+    assert int((z != 0).sum()) <= keep
+    assert all(torch.equal(out[n][out[n] != 0], values[n][out[n] != 0]) for n in values)
+    dropped = flat[(z == 0) & (flat != 0)].abs()
+    if dropped.numel() and (z != 0).any():
+        assert float(dropped.max()) <= float(z[z != 0].abs().min())  # one threshold for all
+
+
+def test_global_rule_reaches_the_overall_sparsity_with_uneven_layers() -> None:
+    result = onnxprune.prune(LENET, "admm", sparsity=0.9, layer_sparsity="global", data=DIGITS,
+                             quiet=True, **FAST)
+    weights = [onnx.numpy_helper.to_array(t) for t in result.model.graph.initializer]
+    weights = [w for w in weights if w.ndim >= 2]
+    total, nonzero = sum(w.size for w in weights), sum(np.count_nonzero(w) for w in weights)
+    assert nonzero <= 0.1 * total + 1
+    densities = [np.count_nonzero(w) / w.size for w in weights]
+    assert max(densities) > 2 * min(densities)  # the ranking, not a uniform rate, decided
 
 
 def test_filter_projection_keeps_whole_channels_across_a_group() -> None:
     a = torch.tensor([[3.0, 0.0], [0.1, 0.1], [1.0, 1.0]])  # channels on axis 0
     b = torch.tensor([[0.0, 0.0, 0.0], [0.0, 0.0, 5.0], [0.0, 1.0, 0.0]]).T  # channels on axis 1
-    out = project_filters({"a": a, "b": b}, {"g": [("a", 0), ("b", 1)]}, {"g": 2})
+    group = ChannelGroup("g", 3, (Slice("a", "n1", 0), Slice("b", "n2", 1),
+                                  Slice("bias", "n1", 0, bias=True)))
+    out = project_filters({"a": a, "b": b}, Filters([group]), {"g": 2})
     # channel norms across both: 3, 5.01, 1.73 -> channels 0 and 1 stay, in both tensors
     assert torch.equal(out["a"], torch.tensor([[3.0, 0.0], [0.1, 0.1], [0.0, 0.0]]))
     assert torch.equal(out["b"][:, 2], torch.zeros(3)) and torch.equal(out["b"][:, :2], b[:, :2])

@@ -26,25 +26,25 @@ Weight level only: the file shrinks (sparse storage) but onnxruntime does not ru
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
-from onnxprune import metrics
+from onnxprune import metrics, retrain
 from onnxprune.budget import Budget, plan_for_budget
 from onnxprune.errors import UsageError
-from onnxprune.methods.magnitude import normalised_l1
+from onnxprune.filters import Filters
 from onnxprune.methods.registry import Context, register
 from onnxprune.plan import Plan
-from onnxprune.retrain import trainable_shadow
 from onnxprune.shadow import ShadowModel
-from onnxprune.train import Hooks, evaluate, train
+from onnxprune.train import Hooks, progress, train
 
 
 @dataclass(frozen=True)
@@ -85,26 +85,33 @@ def project(w: torch.Tensor, keep: int) -> torch.Tensor:
     return out.reshape(w.shape)
 
 
-def project_filters(values: dict[str, torch.Tensor], rows: dict[str, list[tuple[str, int]]],
+def project_global(values: dict[str, torch.Tensor], keep: int) -> dict[str, torch.Tensor]:
+    """Projection onto {at most ``keep`` non-zeros over all the tensors together}.
+
+    One magnitude ranking across layers (``--layer-sparsity global``): layers whose weights
+    are small, typically the wide fully connected ones, give up the most.
+    """
+    flat = project(torch.cat([v.reshape(-1) for v in values.values()]), keep)
+    parts = torch.split(flat, [v.numel() for v in values.values()])
+    return {n: part.reshape(v.shape) for (n, v), part in zip(values.items(), parts, strict=True)}
+
+
+def project_filters(values: dict[str, torch.Tensor], filters: Filters,
                     keep: dict[str, int]) -> dict[str, torch.Tensor]:
     """Group-aware projection onto {at most ``keep[g]`` non-zero channels in each group g}.
 
-    ``rows[g]`` lists the producer weights of group g and their channel axis. A channel's norm
-    is the L2 norm of its rows across all of them (a residual group's filters are kept or
-    dropped together); the ``keep[g]`` largest are kept, ties going to the lower index.
+    A channel's norm is the L2 norm of its rows across all the group's producers (a residual
+    group's filters are kept or dropped together); the ``keep[g]`` largest are kept, ties
+    going to the lower index.
     """
-    out = dict(values)
-    for gid, members in rows.items():
-        norms = sum(values[n].movedim(axis, 0).reshape(values[n].shape[axis], -1)
-                    .square().sum(1) for n, axis in members)
-        order = torch.argsort(-norms, stable=True)[:keep[gid]]
+    chosen = {}
+    for gid, k in keep.items():
+        norms = filters.l2(values, gid)
         mask = torch.zeros_like(norms, dtype=torch.bool)
-        mask[order] = True
-        for n, axis in members:
-            shape = [1] * values[n].ndim
-            shape[axis] = -1
-            out[n] = out[n] * mask.reshape(shape)
-    return out
+        mask[torch.argsort(-norms, stable=True)[:k]] = True
+        chosen[gid] = mask
+    masks = filters.masks(values, chosen)
+    return {n: v * masks[n] if n in masks else v for n, v in values.items()}
 
 
 def stage_densities(density: float) -> list[float]:
@@ -125,7 +132,7 @@ class AdmmPenalty(Hooks):
 
     def extra_loss(self, model: ShadowModel) -> torch.Tensor:
         """The penalty on the current weights."""
-        return sum(self.rho / 2 * (_weight(model, n) - self.z[n] + self.u[n]).square().sum()
+        return sum(self.rho / 2 * (model.masked(n) - self.z[n] + self.u[n]).square().sum()
                    for n in self.z)
 
 
@@ -145,31 +152,43 @@ class Admm:
         # it (benchmarks/admm_lenet_mnist.py: 0.05 against 0.40 points lost at 31x).
         if opts.granularity == "weight":
             ctx = replace(ctx, train=replace(ctx.train, batchnorm=False))
-        shadow, teacher = trainable_shadow(ctx.model, ctx.data, ctx.train), None
+        shadow, teacher = retrain.trainable_shadow(ctx.model, ctx.data, ctx.train), None
         if ctx.data is not None and not ctx.data.labelled:
             teacher = ShadowModel(ctx.model)
-        baseline = _quality(shadow, ctx, teacher)
+        baseline = retrain.quality(shadow, teacher, ctx.val_data)
         if opts.granularity == "filter":
             return _run_filters(shadow, teacher, baseline, ctx, opts)
         densities = _layer_densities(shadow, opts)
-        stages, best = [], _snapshot(shadow)
-        for stage, fraction in enumerate(stage_densities(1 - opts.sparsity)):
+        total = sum(shadow.parameter(n).numel() for n in densities)
+        stages, best = [], shadow.snapshot()
+        fractions = stage_densities(1 - opts.sparsity)
+        bar = progress(len(fractions), "admm stages", ctx.train.quiet, unit="stage")
+        for stage, fraction in enumerate(fractions):
             start = time.perf_counter()
-            keep = {n: math.ceil(min(1.0, d * fraction / (1 - opts.sparsity))
-                                 * shadow.parameter(n).numel()) for n, d in densities.items()}
-            _admm_stage(shadow, list(keep), _weights_projection(keep), ctx, teacher, opts)
-            quality = _quality(shadow, ctx, teacher)
-            nonzero = sum(int(_weight(shadow, n).count_nonzero()) for n in densities)
-            total = sum(shadow.parameter(n).numel() for n in densities)
+            if opts.layer_sparsity == "global":
+                proj = partial(project_global, keep=math.ceil(fraction * total))
+            else:
+                proj = _weights_projection({
+                    n: math.ceil(min(1.0, d * fraction / (1 - opts.sparsity))
+                                 * shadow.parameter(n).numel()) for n, d in densities.items()})
+            _admm_stage(shadow, list(densities), proj, ctx, teacher, opts)
+            quality = retrain.quality(shadow, teacher, ctx.val_data)
+            nonzero = sum(int(shadow.masked(n).count_nonzero()) for n in densities)
             stages.append({"stage": stage + 1, "sparsity": round(1 - nonzero / total, 4),
                            "compression": round(total / max(nonzero, 1), 2), **quality,
                            "seconds": round(time.perf_counter() - start, 2)})
-            if opts.tolerance is not None and _drop(baseline, quality) > opts.tolerance / 100:
+            bar.update()
+            bar.set_postfix(_postfix(stages[-1], "compression"))
+            if (opts.tolerance is not None
+                    and retrain.quality_drop(baseline, quality) > opts.tolerance / 100):
                 stages[-1]["kept"] = False
                 break
-            best = _snapshot(shadow)
+            best = shadow.snapshot()
+        bar.close()
         return Plan(weights=best, log={"stages": stages, "baseline": baseline})
 
+
+_RULES = ("uniform", "global")
 
 Projection = Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]
 
@@ -181,7 +200,7 @@ def _admm_stage(shadow: ShadowModel, names: list[str], proj: Projection, ctx: Co
     ``proj`` maps the weights ``names`` to their projection onto the stage's sparse set.
     """
     with torch.no_grad():
-        z = proj({n: _weight(shadow, n) for n in names})
+        z = proj({n: shadow.masked(n) for n in names})
         u = {n: torch.zeros_like(v) for n, v in z.items()}
     rho = opts.rho
     for _ in range(opts.iterations):
@@ -189,15 +208,15 @@ def _admm_stage(shadow: ShadowModel, names: list[str], proj: Projection, ctx: Co
                                         lr=opts.admm_lr),
               teacher=teacher, hooks=[AdmmPenalty(z, u, rho)])
         with torch.no_grad():
-            w = {n: _weight(shadow, n) for n in names}
+            w = {n: shadow.masked(n) for n in names}
             z = proj({n: w[n] + u[n] for n in names})
             for n in names:
                 u[n] += w[n] - z[n]
         rho *= opts.rho_growth
     for n, v in z.items():
         shadow.set_mask(n, v != 0)
-    train(shadow, ctx.data, replace(ctx.train, epochs=opts.retrain_epochs, lr=opts.retrain_lr),
-          teacher=teacher)
+    train(shadow, ctx.data, replace(ctx.train, epochs=opts.retrain_epochs, lr=opts.retrain_lr,
+                                    cosine=True), teacher=teacher)
 
 
 def _run_filters(shadow: ShadowModel, teacher: ShadowModel | None, baseline: dict[str, float],
@@ -206,38 +225,38 @@ def _run_filters(shadow: ShadowModel, teacher: ShadowModel | None, baseline: dic
     budget = ctx.budget
     if budget.max_flops is None and budget.max_params is None:
         raise UsageError("admm --granularity filter needs --max-flops F or --max-params F")
-    rows = {g.id: [(s.initializer, s.axis) for s in g.producers if not s.bias]
-            for g in ctx.prunable}
-    names = sorted({n for members in rows.values() for n, _ in members})
+    filters = Filters(ctx.groups)
+    names = filters.names()
     params0, flops0 = metrics.count(ctx.graph)
-    stages, best = [], (Plan(), _snapshot(shadow))
+    stages, best = [], (Plan(), shadow.snapshot())
+    bar = progress(3, "admm stages", ctx.train.quiet, unit="stage")
     for stage in (1, 2, 3):  # each stage takes a third of the way, geometrically
         start = time.perf_counter()
         target = Budget(*(None if f is None else f ** (stage / 3)
                           for f in (budget.max_flops, budget.max_params)))
         with torch.no_grad():
-            scores = {gid: normalised_l1([_weight(shadow, n).movedim(a, 0).flatten(1).cpu()
-                                          .numpy() for n, a in members])
-                      for gid, members in rows.items()}
+            values = {n: shadow.masked(n) for n in names}
+            scores = {gid: filters.scores(values, gid).cpu().numpy() for gid in filters.groups}
         plan = plan_for_budget(ctx.graph, ctx.groups, scores, target, ctx.round_to)
         keep = {gid: len(kept) for gid, kept in plan.keep.items()}
-        _admm_stage(shadow, names,
-                    lambda v, keep=keep: project_filters(v, rows, keep), ctx, teacher, opts)
+        _admm_stage(shadow, names, partial(project_filters, filters=filters, keep=keep), ctx,
+                    teacher, opts)
         with torch.no_grad():
-            masked = {n: _weight(shadow, n) for n in names}
-            chosen = Plan({gid: tuple(int(i) for i in torch.nonzero(sum(
-                masked[n].movedim(a, 0).flatten(1).abs().sum(1) for n, a in members)).flatten())
-                for gid, members in rows.items()})
+            chosen = filters.plan(filters.alive({n: shadow.masked(n) for n in names}))
         params, flops = metrics.count(ctx.graph, metrics.planned_shapes(ctx.graph, ctx.groups,
                                                                          chosen))
-        quality = _quality(shadow, ctx, teacher)
+        quality = retrain.quality(shadow, teacher, ctx.val_data)
         stages.append({"stage": stage, "flops_kept": round(flops / flops0, 4),
                        "params_kept": round(params / params0, 4), **quality,
                        "seconds": round(time.perf_counter() - start, 2)})
-        if opts.tolerance is not None and _drop(baseline, quality) > opts.tolerance / 100:
+        bar.update()
+        bar.set_postfix(_postfix(stages[-1], "flops_kept"))
+        if (opts.tolerance is not None
+                and retrain.quality_drop(baseline, quality) > opts.tolerance / 100):
             stages[-1]["kept"] = False
             break
-        best = (chosen, _snapshot(shadow))
+        best = (chosen, shadow.snapshot())
+    bar.close()
     return Plan(keep=dict(best[0].keep), weights=best[1],
                 log={"stages": stages, "baseline": baseline})
 
@@ -267,36 +286,21 @@ def _layer_densities(shadow: ShadowModel, opts: AdmmOptions) -> dict[str, float]
 
 
 def _read_map(source: Any) -> dict[str, float]:
-    if source is None or isinstance(source, dict):
-        return dict(source or {})
+    """The per-layer map of ``--layer-sparsity``: a dict, or a JSON or YAML file of one."""
+    if source is None or source in _RULES or isinstance(source, dict):
+        return dict(source) if isinstance(source, dict) else {}
     path = Path(source)
     try:
-        return dict(json.loads(path.read_text()))
-    except (OSError, ValueError, TypeError) as e:
-        raise UsageError(f"{path}: --layer-sparsity needs a JSON object "
-                         f"{{weight name: sparsity}} ({e})") from e
+        given = yaml.safe_load(path.read_text())
+        if not isinstance(given, dict):
+            raise ValueError(f"found {type(given).__name__}")
+        return {str(k): float(v) for k, v in given.items()}
+    except (OSError, ValueError, TypeError, yaml.YAMLError) as e:
+        reason = str(e).splitlines()[0]
+        raise UsageError(f"{path}: --layer-sparsity needs uniform, global, or a JSON/YAML "
+                         f"map {{weight name: sparsity}} ({reason})") from e
 
 
-def _weight(shadow: ShadowModel, name: str) -> torch.Tensor:
-    mask = shadow.mask(name)
-    weight = shadow.parameter(name)
-    return weight * mask if mask is not None else weight
-
-
-def _snapshot(shadow: ShadowModel) -> dict[str, Any]:
-    names = set(shadow.initializer_names())
-    with torch.no_grad():
-        return {n: v.detach().cpu().numpy().copy() for n, v in shadow.folded_values().items()
-                if n in names}
-
-
-def _quality(shadow: ShadowModel, ctx: Context, teacher: ShadowModel | None) -> dict[str, float]:
-    if ctx.val_data is None:
-        return {}
-    reference = teacher if not ctx.val_data.labelled else None
-    return evaluate(shadow, ctx.val_data, reference=reference)
-
-
-def _drop(baseline: dict[str, float], quality: dict[str, float]) -> float:
-    key = "accuracy" if "accuracy" in baseline else "agreement"
-    return baseline.get(key, 1.0) - quality.get(key, 1.0)
+def _postfix(stage: dict[str, Any], key: str) -> dict[str, Any]:
+    """What the stage bar shows of a finished stage: its size and its validation quality."""
+    return {k: stage[k] for k in (key, "accuracy", "agreement") if k in stage}

@@ -100,6 +100,9 @@ def prune(model: modelio.ModelLike, method: str = "magnitude", *,
     unknown = sorted(set(options) - set(chosen.options))
     if unknown:
         raise UsageError(f"method '{method}' takes no option {', '.join(unknown)}")
+    if getattr(chosen, "needs_data", False) and data is None:
+        raise UsageError(f"{_where(model)}: method '{method}' needs --data (labelled, for "
+                         "accuracy): a tolerance cannot be checked on synthetic inputs")
     normalized, graph = normalize(model)
     if epochs > 0:
         ShadowModel(normalized)  # refuses an op the shadow cannot run, before any work

@@ -43,7 +43,8 @@ def main() -> None:
     """  # noqa: D301
 
 
-_METHOD_OPTIONS = ("sparsity", "granularity", "layer_sparsity", "tolerance")
+_METHOD_OPTIONS = ("sparsity", "granularity", "layer_sparsity", "tolerance", "candidates",
+                   "strength", "threshold", "epochs_per_round", "rounds")
 
 
 def _data_options(command: Any) -> Any:
@@ -106,7 +107,21 @@ def _fraction(ctx: click.Context, param: click.Parameter, value: float | None) -
                    "magnitude ranking over all layers), or a JSON/YAML file {weight name: "
                    "sparsity}.")
 @click.option("--tolerance", type=float,
-              help="Accuracy points the method may lose on the validation data.")
+              help="Accuracy points the method may lose on the validation data (pp: default "
+                   "0.5).")
+@click.option("--candidates", type=float,
+              help="pp: fraction of each layer's live filters put under the L1 term per round "
+                   "(default 0.1).")
+@click.option("--strength", type=float,
+              help="pp: L1 strength at full tolerance; 1 wears a mean weight to zero in one "
+                   "round (default 1).")
+@click.option("--threshold", type=float,
+              help="pp: a candidate goes when its L1 norm falls below this fraction of its "
+                   "layer's mean at full tolerance (default 0.5).")
+@click.option("--epochs-per-round", type=click.IntRange(min=1),
+              help="pp: training epochs per round (default 1).")
+@click.option("--rounds", type=click.IntRange(min=1), help="pp: at most this many rounds "
+                                                          "(default 30).")
 @click.option("--plot", "plot_path", type=click.Path(path_type=Path),
               help="Draw the method's stages (quality against compression) into this PNG "
                    "(needs matplotlib: pip install 'onnxprune[plot]').")
@@ -134,9 +149,12 @@ def prune_command(model: Path, method: str, out: Path, report_path: Path | None,
     if report_path is not None:
         modelio.save_text(json.dumps(result.report, indent=2) + "\n", report_path)
     if plot_path is not None:
-        if "stages" not in result.report:
-            raise UsageError(f"--plot: method '{method}' records no stages to draw")
-        plot.plot_stages(result.report["stages"], plot_path)
+        if "rounds" in result.report:
+            plot.plot_rounds(result.report, plot_path)
+        elif "stages" in result.report:
+            plot.plot_stages(result.report["stages"], plot_path)
+        else:
+            raise UsageError(f"--plot: method '{method}' records no stages or rounds to draw")
     for warning in result.report["warnings"]:
         click.echo(f"onnxprune: warning: {warning}", err=True)
     if not quiet:

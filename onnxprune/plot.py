@@ -17,21 +17,66 @@ def require_matplotlib() -> None:
         raise UsageError("--plot needs matplotlib: pip install 'onnxprune[plot]'") from e
 
 
-def plot_stages(stages: Sequence[dict[str, Any]], path: str | os.PathLike) -> None:
-    """Draw validation quality against compression, one point per stage, into ``path``.
-
-    Compression is dense weights / non-zeros for weight pruning, original / kept FLOPs for
-    filter pruning.
-    """
+def _pyplot() -> Any:
     require_matplotlib()
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    key = next((k for k in ("accuracy", "agreement") if stages and k in stages[0]), None)
+    return plt
+
+
+def _quality_key(rows: Sequence[dict[str, Any]]) -> str:
+    key = next((k for k in ("accuracy", "agreement") if rows and k in rows[0]), None)
     if key is None:
         raise UsageError("--plot: the run has no validation data to draw a curve of")
+    return key
+
+
+def plot_rounds(report: dict[str, Any], path: str | os.PathLike) -> None:
+    """Draw a pruning run by rounds into ``path``.
+
+    Left: validation quality and FLOPs kept against the round. Right: each group's final
+    width against its original width.
+    """
+    plt = _pyplot()
+    rounds = report["rounds"]
+    key = _quality_key(rounds)
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    xs = [r["round"] for r in rounds]
+    left.plot(xs, [r[key] for r in rounds], "o-", color="tab:blue", label=f"validation {key}")
+    left.axhline(report["baseline"][key] - report["tolerance"] / 100,
+                 color="tab:blue", linestyle=":", label="original - tolerance")
+    left.set_xlabel("round")
+    left.set_ylabel(f"validation {key}", color="tab:blue")
+    flops = left.twinx()
+    flops.plot(xs, [r["flops_kept"] for r in rounds], "s--", color="tab:red")
+    flops.set_ylabel("FLOPs kept", color="tab:red")
+    left.legend(loc="lower left", fontsize=8)
+    left.grid(True, alpha=0.3)
+    original, final = report["original_widths"], report["plan"]
+    names = list(original)
+    positions = range(len(names))
+    right.bar(positions, [original[n] for n in names], color="lightgray", label="original")
+    right.bar(positions, [final.get(n, original[n]) for n in names], color="tab:green",
+              label="pruned")
+    right.set_xticks(list(positions), names, rotation=90, fontsize=6)
+    right.set_ylabel("channels")
+    right.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def plot_stages(stages: Sequence[dict[str, Any]], path: str | os.PathLike) -> None:
+    """Draw validation quality against compression, one point per stage, into ``path``.
+
+    Compression is dense weights / non-zeros for weight pruning, original / kept FLOPs for
+    filter pruning.
+    """
+    plt = _pyplot()
+    key = _quality_key(stages)
     if "compression" in stages[0]:
         xs, label = [s["compression"] for s in stages], "compression (dense weights / non-zeros)"
     else:

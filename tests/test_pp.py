@@ -149,3 +149,20 @@ def test_plot_rounds_needs_quality_to_draw(tmp_path: Path) -> None:
         del r["accuracy"]
     with pytest.raises(UsageError, match="no validation data"):
         plot_rounds(report, tmp_path / "none.png")
+
+
+@pytest.mark.parametrize(("sample", "digits"), [
+    ("vgg_bn", 300), ("mobilenetv2", 300), ("inception", 300), ("mlp", 1500)])
+def test_one_round_prunes_every_kind_of_group(sample: str, digits: int) -> None:
+    """Depthwise, Concat and fully connected groups lose filters and the graph core holds."""
+    path = ROOT / "sample_models" / f"{sample}.onnx"
+    result = onnxprune.prune(path, "pp", tolerance=100.0, data=_digits(digits), round_to=1,
+                             quiet=True, **{**FAST, "rounds": 1, "final_epochs": 0})
+    report = result.report
+    assert report["rounds"][0]["removed"] > 0
+    assert report["after"]["params"] < report["before"]["params"]
+    assert report["parity_max_abs_diff"] <= 1e-4
+    widths = report["rounds"][0]["widths"]
+    assert all(1 <= report["plan"][gid] == w for gid, w in widths.items())
+    feeds = modelio.random_inputs(result.model, batch=2)
+    assert np.isfinite(modelio.run(result.model, feeds)[0]).all()

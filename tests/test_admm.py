@@ -234,3 +234,21 @@ def test_plot_without_matplotlib_is_a_clear_error(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     with pytest.raises(UsageError, match=r"pip install 'onnxprune\[plot\]'"):
         require_matplotlib()
+
+
+def test_cli_layer_sparsity_rules_and_a_bad_one(tmp_path: Path) -> None:
+    exe = Path(sys.executable).parent / "onnxprune"
+    out = tmp_path / "small.onnx"
+    args = [str(exe), str(LENET), "--method", "admm", "--sparsity", "0.9", "--data", str(DIGITS),
+            "--quiet", "--out", str(out)]
+    done = subprocess.run([*args, "--layer-sparsity", "global"], capture_output=True, text=True,
+                          check=False)
+    assert done.returncode == 0, done.stderr
+    loaded = modelio.load(out)  # sparse initializers come back dense
+    weights = [w for w in map(onnx.numpy_helper.to_array, loaded.graph.initializer) if w.ndim >= 2]
+    assert sum(np.count_nonzero(w) for w in weights) <= 0.1 * sum(w.size for w in weights) + 1
+    out.unlink()
+    done = subprocess.run([*args, "--layer-sparsity", "unifrom"], capture_output=True,
+                          text=True, check=False)
+    assert done.returncode == 2 and "unifrom: --layer-sparsity needs" in done.stderr
+    assert done.stderr.count("\n") == 1 and not out.exists()

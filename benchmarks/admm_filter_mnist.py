@@ -14,10 +14,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
+import mnist_split
 
 from onnxprune import api, metrics
-from onnxprune import data as datasets
 from onnxprune import model as modelio
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,10 +29,9 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=1)
     parser.add_argument("--epochs", type=int, default=1, help="epochs per ADMM iteration")
     parser.add_argument("--retrain-epochs", type=int, default=1)
-    parser.add_argument("--mnist", type=Path, default=ROOT.parent / "shared" / "data" / "mnist")
+    mnist_split.add_argument(parser)
     args = parser.parse_args()
-    mnist = datasets.load_mnist_idx(args.mnist)
-    train, test = mnist.subset(np.arange(8000)), mnist.subset(np.arange(8000, 10000))
+    train, test = mnist_split.load(args.mnist)
     epochs = 3 * (args.iterations * args.epochs + args.retrain_epochs)
     print(f"MNIST split 8000/2000, target {args.target} of FLOPs, {epochs} epochs each")
     print("| model | method | accuracy | FLOPs kept | speedup 1t |")

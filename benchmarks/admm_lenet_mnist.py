@@ -21,12 +21,12 @@ import tempfile
 import time
 from pathlib import Path
 
+import mnist_split
 import numpy as np
 import onnx.numpy_helper
 import torch
 
 import onnxprune
-from onnxprune import data as datasets
 from onnxprune.api import normalize
 from onnxprune.methods.admm import project
 from onnxprune.shadow import ShadowModel
@@ -45,10 +45,9 @@ def main() -> None:
     parser.add_argument("--rho-growth", type=float, default=1.5)
     parser.add_argument("--admm-lr", type=float, default=1e-2)
     parser.add_argument("--layer-sparsity", default="global")
-    parser.add_argument("--mnist", type=Path, default=ROOT.parent / "shared" / "data" / "mnist")
+    mnist_split.add_argument(parser)
     args = parser.parse_args()
-    mnist = datasets.load_mnist_idx(args.mnist)
-    train_set, test = mnist.subset(np.arange(8000)), mnist.subset(np.arange(8000, 10000))
+    train_set, test = mnist_split.load(args.mnist)
 
     dense = ShadowModel(normalize(ROOT / "sample_models" / "lenet5.onnx")[0])
     train(dense, train_set, TrainConfig(epochs=5, lr=0.05, quiet=True))

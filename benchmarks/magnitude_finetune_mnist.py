@@ -15,15 +15,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
+import mnist_split
 
 from onnxprune import api, metrics
-from onnxprune import data as datasets
 from onnxprune import model as modelio
 from onnxprune.train import evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
-MNIST = ROOT.parent / "shared" / "data" / "mnist"
 
 
 def main() -> None:
@@ -32,12 +30,11 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=0.05)
     parser.add_argument("--target", type=float, default=0.25)
     parser.add_argument("--models", nargs="*", default=["vgg_bn", "resnet"])
-    parser.add_argument("--mnist", type=Path, default=MNIST)
+    mnist_split.add_argument(parser)
     parser.add_argument("--no-train-batchnorm", dest="train_batchnorm", action="store_false",
                         help="fine-tune without re-inserted BatchNorm")
     args = parser.parse_args()
-    mnist = datasets.load_mnist_idx(args.mnist)
-    train, test = mnist.subset(np.arange(8000)), mnist.subset(np.arange(8000, 10000))
+    train, test = mnist_split.load(args.mnist)
     print(f"MNIST split: {len(train)} train, {len(test)} test; {args.epochs} epochs, "
           f"lr {args.lr}, target {args.target} of FLOPs, BatchNorm in training: "
           f"{args.train_batchnorm}")

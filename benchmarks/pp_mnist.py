@@ -19,10 +19,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+import mnist_split
 
 from onnxprune import api, metrics
-from onnxprune import data as datasets
 from onnxprune.shadow import ShadowModel
 from onnxprune.train import TrainConfig, evaluate, train
 
@@ -37,10 +36,9 @@ def main() -> None:
     parser.add_argument("--strength", type=float, default=None)
     parser.add_argument("--threshold", type=float, default=None)
     parser.add_argument("--candidates", type=float, default=None)
-    parser.add_argument("--mnist", type=Path, default=ROOT.parent / "shared" / "data" / "mnist")
+    mnist_split.add_argument(parser)
     args = parser.parse_args()
-    mnist = datasets.load_mnist_idx(args.mnist)
-    train_set, test = mnist.subset(np.arange(8000)), mnist.subset(np.arange(8000, 10000))
+    train_set, test = mnist_split.load(args.mnist)
     controller = {k: v for k, v in (("strength", args.strength), ("threshold", args.threshold),
                                     ("candidates", args.candidates)) if v is not None}
     print(f"MNIST split 8000/2000, tolerance {args.tolerance} points, pp options {controller}")

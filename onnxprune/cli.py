@@ -17,6 +17,7 @@ from onnx_graphsurgeon.logger import G_LOGGER
 from onnxprune import api, methods, metrics, plot
 from onnxprune import model as modelio
 from onnxprune.errors import OnnxPruneError, UsageError
+from onnxprune.methods.pp import PpOptions
 
 EXIT_BAD_INPUT = 2
 
@@ -43,8 +44,27 @@ def main() -> None:
     """  # noqa: D301
 
 
-_METHOD_OPTIONS = ("sparsity", "granularity", "layer_sparsity", "tolerance", "candidates",
-                   "strength", "threshold", "epochs_per_round", "rounds")
+_PP_OPTIONS = (
+    ("candidates", float, "fraction of each layer's live filters put under the L1 term per "
+                          "round"),
+    ("strength", float, "L1 strength at full tolerance; 1 wears a mean weight to zero in one "
+                        "round"),
+    ("threshold", float, "a candidate goes when its L1 norm falls below this fraction of its "
+                         "layer's mean, at full tolerance"),
+    ("epochs_per_round", click.IntRange(min=1), "training epochs per round"),
+    ("rounds", click.IntRange(min=1), "at most this many rounds"),
+)
+_METHOD_OPTIONS = ("sparsity", "granularity", "layer_sparsity", "tolerance",
+                   *(name for name, _, _ in _PP_OPTIONS))
+
+
+def _pp_options(command: Any) -> Any:
+    """The Play-and-Prune controller options, their defaults read from PpOptions."""
+    defaults = PpOptions()
+    for name, kind, text in reversed(_PP_OPTIONS):
+        command = click.option(f"--{name.replace('_', '-')}", type=kind,
+                               help=f"pp: {text} (default {getattr(defaults, name)}).")(command)
+    return command
 
 
 def _data_options(command: Any) -> Any:
@@ -108,22 +128,10 @@ def _fraction(ctx: click.Context, param: click.Parameter, value: float | None) -
                    "sparsity}.")
 @click.option("--tolerance", type=float,
               help="Accuracy points the method may lose on the validation data (pp: default "
-                   "0.5).")
-@click.option("--candidates", type=float,
-              help="pp: fraction of each layer's live filters put under the L1 term per round "
-                   "(default 0.1).")
-@click.option("--strength", type=float,
-              help="pp: L1 strength at full tolerance; 1 wears a mean weight to zero in one "
-                   "round (default 1).")
-@click.option("--threshold", type=float,
-              help="pp: a candidate goes when its L1 norm falls below this fraction of its "
-                   "layer's mean at full tolerance (default 0.5).")
-@click.option("--epochs-per-round", type=click.IntRange(min=1),
-              help="pp: training epochs per round (default 1).")
-@click.option("--rounds", type=click.IntRange(min=1), help="pp: at most this many rounds "
-                                                          "(default 30).")
+                   f"{PpOptions().tolerance}).")
+@_pp_options
 @click.option("--plot", "plot_path", type=click.Path(path_type=Path),
-              help="Draw the method's stages (quality against compression) into this PNG "
+              help="Draw the method's stages or rounds (quality against size) into this PNG "
                    "(needs matplotlib: pip install 'onnxprune[plot]').")
 @_data_options
 @click.option("--epochs", default=0, show_default=True, type=click.IntRange(min=0),

@@ -166,3 +166,21 @@ def test_one_round_prunes_every_kind_of_group(sample: str, digits: int) -> None:
     assert all(1 <= report["plan"][gid] == w for gid, w in widths.items())
     feeds = modelio.random_inputs(result.model, batch=2)
     assert np.isfinite(modelio.run(result.model, feeds)[0]).all()
+
+
+def test_cli_help_states_the_real_defaults() -> None:
+    """Each controller option is on the command line, its help quoting PpOptions' default."""
+    from dataclasses import fields
+
+    from onnxprune.methods.pp import PpOptions
+
+    exe = Path(sys.executable).parent / "onnxprune"
+    text = " ".join(subprocess.run([str(exe), "prune", "--help"], capture_output=True,
+                                   text=True, check=True).stdout.split())
+    for field in fields(PpOptions):
+        if field.name in ("patience", "final_epochs"):  # Python API only
+            continue
+        flag = f"--{field.name.replace('_', '-')}"
+        assert flag in text
+        section = text[text.index(flag):].split(" --", 1)[0]
+        assert f"default {field.default})" in section, (flag, section)

@@ -16,8 +16,7 @@ from pathlib import Path
 
 import mnist_split
 
-from onnxprune import api, metrics
-from onnxprune import model as modelio
+from onnxprune import api, metrics, modelio
 
 ROOT = Path(__file__).resolve().parents[1]
 

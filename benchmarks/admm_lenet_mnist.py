@@ -30,7 +30,7 @@ import onnxprune
 from onnxprune.api import normalize
 from onnxprune.methods.admm import project
 from onnxprune.shadow import ShadowModel
-from onnxprune.train import TrainConfig, evaluate, train
+from onnxprune.training.loop import TrainConfig, evaluate, train
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -17,9 +17,8 @@ from pathlib import Path
 
 import mnist_split
 
-from onnxprune import api, metrics
-from onnxprune import model as modelio
-from onnxprune.train import evaluate
+from onnxprune import api, metrics, modelio
+from onnxprune.training.loop import evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -15,8 +15,7 @@ import argparse
 import os
 from pathlib import Path
 
-from onnxprune import api, metrics
-from onnxprune import model as modelio
+from onnxprune import api, metrics, modelio
 from onnxprune.errors import UsageError
 
 SAMPLES = Path(__file__).resolve().parents[1] / "sample_models"

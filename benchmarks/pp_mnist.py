@@ -23,7 +23,7 @@ import mnist_split
 
 from onnxprune import api, metrics
 from onnxprune.shadow import ShadowModel
-from onnxprune.train import TrainConfig, evaluate, train
+from onnxprune.training.loop import TrainConfig, evaluate, train
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,39 +1,34 @@
-"""The public entry points: ``prune`` (load, normalise, plan, rewrite, verify) and ``inspect``.
+"""The public entry points: ``prune``, ``inspect`` and ``evaluate``.
 
-Data flows one way: load -> normalise -> analyse -> method -> prune passes -> cleanup ->
-verify -> report. Each step is one call below; no step reaches back into an earlier one.
+``prune`` runs the stages of the data flow in order, one call each, and no stage reaches back
+into an earlier one:
+
+    load + normalize -> analyze -> method (plan) -> write back -> prune passes -> verify
+    -> fine-tune (optional) -> verify -> report
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from onnxprune import methods, metrics, retrain
-from onnxprune import model as modelio
-from onnxprune.analysis import analyze
-from onnxprune.budget import Budget
-from onnxprune.errors import NothingToPruneError, UsageError, VerificationError
-from onnxprune.groups import ChannelGroup
-from onnxprune.passes import run_passes
+from onnxprune import methods, metrics, modelio, verify
+from onnxprune.analysis import ChannelGroup, analyze
+from onnxprune.errors import NothingToPruneError, UsageError
+from onnxprune.methods.budget import Budget
+from onnxprune.passes import PruneContext, run_passes
 from onnxprune.passes.pipeline import CLEANUP, NORMALIZE, PRUNE
 from onnxprune.plan import Plan
+from onnxprune.report import build_report, source_name
 from onnxprune.shadow import ShadowModel
-from onnxprune.train import TrainConfig
-from onnxprune.train import evaluate as train_evaluate
-
-
-@dataclass(frozen=True)
-class PruneContext:
-    """What the prune passes read."""
-
-    plan: Plan
+from onnxprune.training.finetune import finetune
+from onnxprune.training.loop import TrainConfig
+from onnxprune.training.loop import evaluate as score
+from onnxprune.training.prepare import DataOptions, Prepared, prepare
 
 
 @dataclass
@@ -49,31 +44,6 @@ class PruneResult:
         size = modelio.save(modelio.store_sparse(self.model), path)
         self.report["output"] = str(path)
         self.report["after"]["bytes"] = size
-
-
-def normalize(source: modelio.ModelLike) -> tuple[onnx.ModelProto, gs.Graph]:
-    """Load ``source`` and run the normalising passes; return the normalised model and graph."""
-    original = modelio.load(source)
-    graph = modelio.to_graph(original)
-    run_passes(NORMALIZE, graph)
-    normalized = modelio.to_model(graph, original)
-    return normalized, modelio.to_graph(normalized)
-
-
-def apply_plan(normalized: onnx.ModelProto, plan: Plan) -> onnx.ModelProto:
-    """Rewrite ``normalized`` by ``plan`` and return the checked result."""
-    graph = modelio.to_graph(normalized)
-    run_passes(PRUNE + CLEANUP, graph, PruneContext(plan))
-    return _checked(modelio.to_model(graph, normalized))
-
-
-def _checked(model: onnx.ModelProto) -> onnx.ModelProto:
-    """``model``, once it passes the full checker and opens in onnxruntime."""
-    try:
-        modelio.check(model)
-    except Exception as e:  # the checker and onnxruntime raise several types
-        raise VerificationError(f"the pruned model fails the checker: {e}") from e
-    return model
 
 
 def prune(model: modelio.ModelLike, method: str = "magnitude", *,
@@ -95,59 +65,81 @@ def prune(model: modelio.ModelLike, method: str = "magnitude", *,
     """
     config = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, device=device, seed=seed,
                          quiet=quiet, batchnorm=train_batchnorm)
-    budget = Budget(max_flops, max_params)
-    chosen = methods.create(method)
-    unknown = sorted(set(options) - set(chosen.options))
-    if unknown:
-        raise UsageError(f"method '{method}' takes no option {', '.join(unknown)}")
-    if getattr(chosen, "needs_data", False) and data is None:
-        raise UsageError(f"{_where(model)}: method '{method}' needs --data (labelled, for "
-                         "accuracy): a tolerance cannot be checked on synthetic inputs")
+    chosen = _method(model, method, options, has_data=data is not None)
     normalized, graph = normalize(model)
     if epochs > 0:
         ShadowModel(normalized)  # refuses an op the shadow cannot run, before any work
-    groups = tuple(analyze(graph))
-    if not any(not g.blocked for g in groups):
-        raise NothingToPruneError(f"{_where(model)}: nothing to prune: every channel group is "
-                                  "blocked (run `onnxprune inspect` to see why)")
-    try:
-        prepared = retrain.prepare(normalized, retrain.DataOptions(data, val_data, input_size,
-                                                                   mean, std),
-                                   needs_training=epochs > 0 or getattr(chosen, "trains", False))
-        ctx = methods.Context(graph, groups, budget,
+    groups = _prunable_groups(graph, model)
+    context = methods.Context(graph, groups, Budget(max_flops, max_params),
                               metrics.cpu_channel_block() if round_to is None else round_to,
-                              options, prepared.train, prepared.val, config, normalized)
-        plan = chosen.run(ctx)
-    except UsageError as e:
-        raise UsageError(f"{_where(model)}: {e}") from e
-    pruned = apply_plan(modelio.with_initializers(normalized, plan.weights), plan)
-    _check_runs(normalized, pruned)
+                              options, train=config, model=normalized)
+    prepared, plan = _decide(chosen, context, model, DataOptions(data, val_data, input_size, mean,
+                                                                 std), needs_training=epochs > 0)
+    written = modelio.with_initializers(normalized, plan.weights)
+    pruned = apply_plan(written, plan)
+    verify.check_runs(normalized, pruned)
     training = None
     if epochs > 0:
-        pruned, training = retrain.finetune(pruned, normalized, prepared.train, config)
-        _checked(pruned)
-    report = {
-        "method": method,
-        "input": _where(model),
-        "output": None,
-        "options": {"max_flops": max_flops, "max_params": max_params,
-                    "round_to": ctx.round_to, "epochs": epochs, "lr": lr,
-                    "batch_size": batch_size, "device": device, "seed": seed,
-                    "train_batchnorm": train_batchnorm, **options},
-        "data": prepared.describe(),
-        "warnings": prepared.warnings,
-        "before": {**_summary(normalized, model),
-                   **retrain.quality(normalized, normalized, prepared.val)},
-        "after": {**_summary(pruned), **retrain.quality(pruned, normalized, prepared.val)},
-        **plan.log,
-        "training": training,
-        "parity_max_abs_diff": retrain.parity(pruned, prepared.val),
-        "groups": {"total": len(groups), "pruned": sum(plan.removed(g).size > 0 for g in groups),
-                   "blocked": sum(g.blocked is not None for g in groups)},
-        "blocked": [{"group": g.id, "reason": g.blocked} for g in groups if g.blocked],
-        "plan": {gid: len(kept) for gid, kept in plan.keep.items()},
-    }
+        pruned, training = finetune(pruned, normalized, prepared.train, config)
+        verify.check_model(pruned)
+    report = build_report(
+        method=method, source=model, prepared=prepared, normalized=normalized, pruned=pruned,
+        plan=plan, groups=groups, training=training,
+        options={"max_flops": max_flops, "max_params": max_params,
+                 "round_to": context.round_to, "epochs": epochs, "lr": lr,
+                 "batch_size": batch_size, "device": device, "seed": seed,
+                 "train_batchnorm": train_batchnorm, **options})
     return PruneResult(pruned, plan, report)
+
+
+def normalize(source: modelio.ModelLike) -> tuple[onnx.ModelProto, gs.Graph]:
+    """Load ``source`` and run the normalising passes; return the normalised model and graph."""
+    original = modelio.load(source)
+    graph = modelio.to_graph(original)
+    run_passes(NORMALIZE, graph)
+    normalized = modelio.to_model(graph, original)
+    return normalized, modelio.to_graph(normalized)
+
+
+def apply_plan(normalized: onnx.ModelProto, plan: Plan) -> onnx.ModelProto:
+    """Rewrite ``normalized`` by ``plan`` (the prune and cleanup passes); return it checked."""
+    graph = modelio.to_graph(normalized)
+    run_passes(PRUNE + CLEANUP, graph, PruneContext(plan))
+    return verify.check_model(modelio.to_model(graph, normalized))
+
+
+def _method(model: modelio.ModelLike, name: str, options: dict[str, Any], *,
+            has_data: bool) -> methods.Method:
+    """The method ``name``, once its options and data needs are met."""
+    chosen = methods.create(name)
+    unknown = sorted(set(options) - set(chosen.options))
+    if unknown:
+        raise UsageError(f"method '{name}' takes no option {', '.join(unknown)}")
+    if getattr(chosen, "needs_data", False) and not has_data:
+        raise UsageError(f"{source_name(model)}: method '{name}' needs --data (labelled, for "
+                         "accuracy): a tolerance cannot be checked on synthetic inputs")
+    return chosen
+
+
+def _prunable_groups(graph: gs.Graph, model: modelio.ModelLike) -> tuple[ChannelGroup, ...]:
+    """The channel groups of ``graph``; refuses when every one is blocked."""
+    groups = tuple(analyze(graph))
+    if all(g.blocked for g in groups):
+        raise NothingToPruneError(f"{source_name(model)}: nothing to prune: every channel group "
+                                  "is blocked (run `onnxprune inspect` to see why)")
+    return groups
+
+
+def _decide(chosen: methods.Method, context: methods.Context, model: modelio.ModelLike,
+            options: DataOptions, *, needs_training: bool) -> tuple[Prepared, Plan]:
+    """Prepare the data and run the method on it; usage errors name the model."""
+    try:
+        prepared = prepare(context.model, options,
+                           needs_training=needs_training or getattr(chosen, "trains", False))
+        plan = chosen.run(replace(context, data=prepared.train, val_data=prepared.val))
+    except UsageError as e:
+        raise UsageError(f"{source_name(model)}: {e}") from e
+    return prepared, plan
 
 
 @dataclass(frozen=True)
@@ -177,39 +169,11 @@ def evaluate(model: modelio.ModelLike, data: Any, *, reference: modelio.ModelLik
     """
     loaded = modelio.load(model)
     ref = modelio.load(reference) if reference is not None else None
-    options = retrain.DataOptions(val_data=data if val_data is None else val_data,
-                                  input_size=input_size, mean=mean, std=std)
-    val = retrain.prepare(loaded, options, needs_training=False).val
+    options = DataOptions(val_data=data if val_data is None else val_data,
+                          input_size=input_size, mean=mean, std=std)
+    val = prepare(loaded, options, needs_training=False).val
     if ref is None and not val.labelled:
-        raise UsageError(f"{_where(data)}: the data has no labels; give --reference to measure "
-                         "agreement with another model")
-    return {"model": _where(model), "samples": len(val),
-            **train_evaluate(loaded, val, reference=ref)}
-
-
-def _summary(model: onnx.ModelProto, source: modelio.ModelLike | None = None) -> dict[str, Any]:
-    graph = modelio.to_graph(model)
-    params, flops = metrics.count(graph)
-    if isinstance(source, (str, os.PathLike)):
-        size = metrics.file_bytes(source)
-    else:
-        size = metrics.model_bytes(source if isinstance(source, onnx.ModelProto)
-                                   else modelio.store_sparse(model))
-    nonzero = metrics.nonzero_weights(graph)
-    return {"params": params, "flops": flops, "bytes": size, "nonzero_weights": nonzero}
-
-
-def _check_runs(before: onnx.ModelProto, after: onnx.ModelProto) -> None:
-    """Run both models on the same input; outputs must keep their shapes and be finite."""
-    feeds = modelio.random_inputs(before, batch=2)
-    for a, b in zip(modelio.run(before, feeds), modelio.run(after, feeds), strict=True):
-        if a.shape != b.shape or not np.all(np.isfinite(b)):
-            raise VerificationError(f"the pruned model's output changed shape {a.shape} -> "
-                                    f"{b.shape} or is not finite")
-
-
-def _where(source: Any) -> str:
-    """How reports and errors name a model or data source."""
-    if isinstance(source, (str, os.PathLike)):
-        return str(Path(source))
-    return f"<{type(source).__name__}>"
+        raise UsageError(f"{source_name(data)}: the data has no labels; give --reference to "
+                         "measure agreement with another model")
+    return {"model": source_name(model), "samples": len(val),
+            **score(loaded, val, reference=ref)}

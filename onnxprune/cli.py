@@ -14,8 +14,7 @@ from typing import Any
 import click
 from onnx_graphsurgeon.logger import G_LOGGER
 
-from onnxprune import api, methods, metrics, plot
-from onnxprune import model as modelio
+from onnxprune import api, methods, metrics, modelio, plot
 from onnxprune.errors import OnnxPruneError, UsageError
 from onnxprune.methods.pp import PpOptions
 

@@ -20,9 +20,9 @@ import onnx
 import onnx_graphsurgeon as gs
 import onnxruntime as ort
 
+from onnxprune.analysis.groups import ChannelGroup
 from onnxprune.graph import spatial_size
-from onnxprune.groups import ChannelGroup
-from onnxprune.model import random_inputs, session
+from onnxprune.modelio import random_inputs, session
 from onnxprune.plan import Plan
 
 Shapes = Mapping[str, Sequence[int]]

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from onnxprune.groups import ChannelGroup
+from onnxprune.analysis.groups import ChannelGroup
 
 
 @dataclass(frozen=True)

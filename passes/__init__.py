@@ -1,6 +1,6 @@
 """Graph passes: one per file, each a :class:`Pass` rewriting a graphsurgeon graph in place."""
 
-from onnxprune.passes._base import Pass, PassResult, run_passes
+from onnxprune.passes._base import Pass, PassResult, PruneContext, run_passes
 from onnxprune.passes.cleanup import CleanupPass
 from onnxprune.passes.fold_batchnorm import FoldBatchNormPass
 from onnxprune.passes.fold_constant_nodes import FoldConstantNodesPass
@@ -16,6 +16,7 @@ __all__ = [
     "NameNodesPass",
     "Pass",
     "PassResult",
+    "PruneContext",
     "PruneChannelsPass",
     "run_passes",
 ]

@@ -4,6 +4,7 @@ A pass rewrites an onnx-graphsurgeon ``Graph`` in place and returns a :class:`Pa
 saying whether it changed anything, with a few counters for the log. ``requires`` and
 ``ensures`` state pre- and post-conditions; :meth:`Pass.__call__` runs them around ``call``
 and re-raises any failure as ``PassError("<Name> failed after [A, B]: ...")``.
+:class:`PruneContext` is what the prune passes read besides the graph.
 """
 
 from __future__ import annotations
@@ -15,6 +16,14 @@ from typing import Any
 import onnx_graphsurgeon as gs
 
 from onnxprune.errors import OnnxPruneError, PassError
+from onnxprune.plan import Plan
+
+
+@dataclass(frozen=True)
+class PruneContext:
+    """What the prune passes read: the plan whose removed channels they take out."""
+
+    plan: Plan
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Evaluate a graphsurgeon graph, or one node of it, in onnxruntime.
 
 Used by passes that need a number the graph computes (the constant activation of a removed
-channel). Like ``onnxprune/model.py`` this module touches protos; no other pass does.
+channel). Like ``onnxprune/modelio.py`` this module touches protos; no other pass does.
 """
 
 from __future__ import annotations

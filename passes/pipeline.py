@@ -1,7 +1,7 @@
 """The pass pipeline, in order, in one place.
 
 ``NORMALIZE`` runs on every loaded model; ``PRUNE`` applies a plan (``ctx.plan``);
-``CLEANUP`` runs last. Shape inference and the checker run when ``onnxprune.model`` turns the
+``CLEANUP`` runs last. Shape inference and the checker run when ``onnxprune.modelio`` turns the
 graph back into a ModelProto.
 """
 

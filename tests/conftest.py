@@ -12,10 +12,9 @@ import onnx.numpy_helper
 import onnx.parser
 import pytest
 
-from onnxprune import api
-from onnxprune import model as modelio
+from onnxprune import api, modelio
 from onnxprune.analysis import analyze
-from onnxprune.groups import ChannelGroup
+from onnxprune.analysis.groups import ChannelGroup
 from onnxprune.plan import Plan
 
 ROOT = Path(__file__).resolve().parents[1]

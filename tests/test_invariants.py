@@ -9,10 +9,9 @@ import onnx
 import pytest
 from conftest import groups_of, max_diff, normalized, random_plan, zeroed
 
-from onnxprune import api
-from onnxprune import model as modelio
+from onnxprune import api, modelio
 from onnxprune.errors import UsageError
-from onnxprune.passes import run_passes
+from onnxprune.passes import PruneContext, run_passes
 from onnxprune.passes.pipeline import PRUNE
 from onnxprune.plan import Plan
 
@@ -36,7 +35,7 @@ def _prune_with_biases_kept(model: onnx.ModelProto, plan: Plan, feeds: dict):  #
     """Outputs with removed filters zeroed (biases kept) and after pruning, and fold stats."""
     silent = zeroed(model, plan, biases=False)
     graph = modelio.to_graph(silent)
-    stats = dict(run_passes(PRUNE, graph, api.PruneContext(plan)))
+    stats = dict(run_passes(PRUNE, graph, PruneContext(plan)))
     got = modelio.run(modelio.to_model(graph, model), feeds)
     return modelio.run(silent, feeds), got, stats["FoldRemovedChannelsPass"].stats
 

@@ -18,11 +18,10 @@ from conftest import computed_weight_model
 from hypothesis import given
 from hypothesis import strategies as st
 
-from onnxprune import api, metrics
-from onnxprune import model as modelio
+from onnxprune import api, metrics, modelio
 from onnxprune.analysis import analyze
-from onnxprune.budget import rounded_keep
-from onnxprune.groups import ChannelGroup
+from onnxprune.analysis.groups import ChannelGroup
+from onnxprune.methods.budget import rounded_keep
 from onnxprune.plan import Plan
 
 SAMPLES = Path(__file__).resolve().parents[1] / "sample_models"

@@ -37,14 +37,15 @@ from typing import Any
 import torch
 import yaml
 
-from onnxprune import metrics, retrain
-from onnxprune.budget import Budget, plan_for_budget
+from onnxprune import metrics
 from onnxprune.errors import UsageError
-from onnxprune.filters import Filters
+from onnxprune.methods.budget import Budget, plan_for_budget
+from onnxprune.methods.filters import Filters
 from onnxprune.methods.registry import Context, register
 from onnxprune.plan import Plan
 from onnxprune.shadow import ShadowModel
-from onnxprune.train import Hooks, progress, train
+from onnxprune.training import finetune
+from onnxprune.training.loop import Hooks, progress, train
 
 
 @dataclass(frozen=True)
@@ -152,10 +153,10 @@ class Admm:
         # it (benchmarks/admm_lenet_mnist.py: 0.05 against 0.40 points lost at 31x).
         if opts.granularity == "weight":
             ctx = replace(ctx, train=replace(ctx.train, batchnorm=False))
-        shadow, teacher = retrain.trainable_shadow(ctx.model, ctx.data, ctx.train), None
+        shadow, teacher = finetune.trainable_shadow(ctx.model, ctx.data, ctx.train), None
         if ctx.data is not None and not ctx.data.labelled:
             teacher = ShadowModel(ctx.model)
-        baseline = retrain.quality(shadow, teacher, ctx.val_data)
+        baseline = finetune.quality(shadow, teacher, ctx.val_data)
         if opts.granularity == "filter":
             return _run_filters(shadow, teacher, baseline, ctx, opts)
         densities = _layer_densities(shadow, opts)
@@ -172,7 +173,7 @@ class Admm:
                     n: math.ceil(min(1.0, d * fraction / (1 - opts.sparsity))
                                  * shadow.parameter(n).numel()) for n, d in densities.items()})
             _admm_stage(shadow, list(densities), proj, ctx, teacher, opts)
-            quality = retrain.quality(shadow, teacher, ctx.val_data)
+            quality = finetune.quality(shadow, teacher, ctx.val_data)
             nonzero = sum(int(shadow.masked(n).count_nonzero()) for n in densities)
             stages.append({"stage": stage + 1, "sparsity": round(1 - nonzero / total, 4),
                            "compression": round(total / max(nonzero, 1), 2), **quality,
@@ -180,7 +181,7 @@ class Admm:
             bar.update()
             bar.set_postfix(_postfix(stages[-1], "compression"))
             if (opts.tolerance is not None
-                    and retrain.quality_drop(baseline, quality) > opts.tolerance / 100):
+                    and finetune.quality_drop(baseline, quality) > opts.tolerance / 100):
                 stages[-1]["kept"] = False
                 break
             best = shadow.snapshot()
@@ -245,14 +246,14 @@ def _run_filters(shadow: ShadowModel, teacher: ShadowModel | None, baseline: dic
             chosen = filters.plan(filters.alive({n: shadow.masked(n) for n in names}))
         params, flops = metrics.count(ctx.graph, metrics.planned_shapes(ctx.graph, ctx.groups,
                                                                          chosen))
-        quality = retrain.quality(shadow, teacher, ctx.val_data)
+        quality = finetune.quality(shadow, teacher, ctx.val_data)
         stages.append({"stage": stage, "flops_kept": round(flops / flops0, 4),
                        "params_kept": round(params / params0, 4), **quality,
                        "seconds": round(time.perf_counter() - start, 2)})
         bar.update()
         bar.set_postfix(_postfix(stages[-1], "flops_kept"))
         if (opts.tolerance is not None
-                and retrain.quality_drop(baseline, quality) > opts.tolerance / 100):
+                and finetune.quality_drop(baseline, quality) > opts.tolerance / 100):
             stages[-1]["kept"] = False
             break
         best = (chosen, shadow.snapshot())

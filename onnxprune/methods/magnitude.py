@@ -3,7 +3,7 @@
 Each channel's score is the L1 norm of its producer weights divided by the mean L1 norm of
 that producer's channels (averaged over a group's producers), so layers of different scale
 compete fairly in one global ranking. The lowest-scoring channels go until the budget
-(``--max-flops`` / ``--max-params``) is met; see :mod:`onnxprune.budget` for the threshold
+(``--max-flops`` / ``--max-params``) is met; see :mod:`onnxprune.methods.budget` for the threshold
 search, the one-channel floor and the rounding. No retraining.
 """
 
@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from onnxprune.budget import plan_for_budget
+from onnxprune.analysis.groups import producer_weights
 from onnxprune.errors import UsageError
-from onnxprune.groups import producer_weights
+from onnxprune.methods.budget import plan_for_budget
 from onnxprune.methods.registry import Context, register
 from onnxprune.plan import Plan
 

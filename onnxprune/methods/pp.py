@@ -43,15 +43,15 @@ from typing import Any
 
 import torch
 
-from onnxprune import metrics, retrain
-from onnxprune import model as modelio
-from onnxprune.budget import rounded_keep
+from onnxprune import metrics, modelio
 from onnxprune.errors import UsageError
-from onnxprune.filters import Filters
+from onnxprune.methods.budget import rounded_keep
+from onnxprune.methods.filters import Filters
 from onnxprune.methods.registry import Context, register
 from onnxprune.plan import Plan
 from onnxprune.shadow import ShadowModel
-from onnxprune.train import Hooks, TrainConfig, progress, train
+from onnxprune.training import finetune
+from onnxprune.training.loop import Hooks, TrainConfig, progress, train
 
 
 @dataclass(frozen=True)
@@ -164,7 +164,7 @@ class _Run:
         self.filters = Filters(ctx.groups)
         self.names = self.filters.names()
         self.teacher = None if ctx.data.labelled else ShadowModel(ctx.model)
-        self.shadow = retrain.trainable_shadow(ctx.model, ctx.data, ctx.train)
+        self.shadow = finetune.trainable_shadow(ctx.model, ctx.data, ctx.train)
         self.params0, self.flops0 = metrics.count(ctx.graph)
         self.baseline = self._quality()
         self.key = "accuracy" if "accuracy" in self.baseline else "agreement"
@@ -183,7 +183,7 @@ class _Run:
             alive = self._alive()
             plan = self._rounded(alive)
             quality = self._quality()
-            drop = retrain.quality_drop(self.baseline, quality)
+            drop = finetune.quality_drop(self.baseline, quality)
             rounds.append({"round": number, "state": "prune" if decision.prune else "recover",
                            "removed": removed, **self._size(plan), **quality,
                            "strength": round(decision.strength, 4),
@@ -279,7 +279,7 @@ class _Run:
         """
         start = time.perf_counter()
         model = modelio.with_initializers(self.ctx.model, weights)
-        self.shadow = retrain.trainable_shadow(model, self.ctx.data, self.ctx.train)
+        self.shadow = finetune.trainable_shadow(model, self.ctx.data, self.ctx.train)
         keep = {gid: torch.zeros(g.size, dtype=torch.bool) for gid, g in
                 self.filters.groups.items()}
         for gid, kept in plan.keep.items():
@@ -290,8 +290,8 @@ class _Run:
             train(self.shadow, self.ctx.data, self._config(self.opts.final_epochs),
                   teacher=self.teacher)
             tuned = self._quality()
-            kept = retrain.quality_drop(self.baseline, tuned) <= self.opts.tolerance / 100
-            if kept or retrain.quality_drop(quality, tuned) <= 0:
+            kept = finetune.quality_drop(self.baseline, tuned) <= self.opts.tolerance / 100
+            if kept or finetune.quality_drop(quality, tuned) <= 0:
                 untrained, quality = self.shadow.snapshot(), tuned
         return {"weights": untrained,
                 "log": {"epochs": self.opts.final_epochs, **self._size(plan), **quality,
@@ -363,4 +363,4 @@ class _Run:
                 and all(r["state"] == "prune" and r["removed"] == 0 for r in recent))
 
     def _quality(self) -> dict[str, float]:
-        return retrain.quality(self.shadow, self.teacher, self.ctx.val_data)
+        return finetune.quality(self.shadow, self.teacher, self.ctx.val_data)

@@ -9,12 +9,12 @@ from typing import Any, Protocol
 import onnx
 import onnx_graphsurgeon as gs
 
-from onnxprune.budget import Budget
-from onnxprune.data import Dataset
+from onnxprune.analysis.groups import ChannelGroup
 from onnxprune.errors import UsageError
-from onnxprune.groups import ChannelGroup
+from onnxprune.methods.budget import Budget
 from onnxprune.plan import Plan
-from onnxprune.train import TrainConfig
+from onnxprune.training.data import Dataset
+from onnxprune.training.loop import TrainConfig
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from conftest import ROOT, build, max_diff
 
-from onnxprune import model as modelio
+from onnxprune import modelio
 from onnxprune.passes import FoldBatchNormPass
 
 BN = {"s": (6,), "b": (6,), "m": (6,), "v": (6,)}

@@ -3,7 +3,7 @@ from __future__ import annotations
 import onnx.parser
 from conftest import max_diff
 
-from onnxprune import model as modelio
+from onnxprune import modelio
 from onnxprune.passes import FoldConstantNodesPass
 
 TEXT = """<ir_version: 8, opset_import: ["": 13]> g (float[N,2,5,5] x) => (float[N,3,5,5] y)

@@ -3,10 +3,9 @@ from __future__ import annotations
 import pytest
 from conftest import build, max_diff, zeroed
 
-from onnxprune import api
-from onnxprune import model as modelio
+from onnxprune import api, modelio
 from onnxprune.analysis import analyze
-from onnxprune.passes import run_passes
+from onnxprune.passes import PruneContext, run_passes
 from onnxprune.passes.pipeline import PRUNE
 from onnxprune.plan import Plan
 
@@ -17,7 +16,7 @@ def _fold(body: str, weights: dict, outputs: str, keep: tuple[int, ...]):  # noq
     plan = Plan({gid: keep})
     silent = zeroed(model, plan, biases=False)
     graph = modelio.to_graph(silent)
-    log = dict(run_passes(PRUNE, graph, api.PruneContext(plan)))
+    log = dict(run_passes(PRUNE, graph, PruneContext(plan)))
     feeds = modelio.random_inputs(model, batch=2)
     diff = max_diff(modelio.run(silent, feeds), modelio.run(modelio.to_model(graph, model), feeds))
     return log["FoldRemovedChannelsPass"].stats, diff, graph

@@ -4,18 +4,17 @@ import numpy as np
 import pytest
 from conftest import build, max_diff
 
-from onnxprune import api
-from onnxprune import model as modelio
+from onnxprune import api, modelio, verify
 from onnxprune.analysis import analyze
 from onnxprune.errors import PassError
-from onnxprune.passes import NameNodesPass, PruneChannelsPass
+from onnxprune.passes import NameNodesPass, PruneChannelsPass, PruneContext
 from onnxprune.plan import Plan
 
 
 def _pruned(model, keep):  # noqa: ANN001, ANN202
     graph = modelio.to_graph(model)
     NameNodesPass()(graph)
-    result = PruneChannelsPass()(graph, api.PruneContext(Plan(keep)))
+    result = PruneChannelsPass()(graph, PruneContext(Plan(keep)))
     return graph, result
 
 
@@ -46,7 +45,7 @@ def test_depthwise_group_attribute_follows_kept_count() -> None:
     graph, _ = _pruned(model, {gid: (1, 3, 4)})
     dw = next(n for n in graph.nodes if n.attrs.get("group", 1) > 1)
     assert dw.attrs["group"] == 3 and dw.inputs[1].shape == (3, 1, 3, 3)
-    modelio.check(modelio.to_model(graph, model))
+    verify.check_model(modelio.to_model(graph, model))
 
 
 @pytest.mark.parametrize(("keep", "message"), [
@@ -66,7 +65,7 @@ def test_bad_plans_are_refused_before_any_change(keep: str, message: str) -> Non
     NameNodesPass()(graph)
     before = {n: np.array(t.values) for n, t in graph.tensors().items() if hasattr(t, "values")}
     with pytest.raises(PassError, match=message):
-        PruneChannelsPass()(graph, api.PruneContext(Plan(plans[keep])))
+        PruneChannelsPass()(graph, PruneContext(Plan(plans[keep])))
     for name, values in before.items():
         np.testing.assert_array_equal(graph.tensors()[name].values, values)
 

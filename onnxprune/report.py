@@ -1,0 +1,70 @@
+"""The run report: one dict, the same that ``--report`` writes as JSON and ``PruneResult`` holds.
+
+It says what was asked (method, options, data), what the model was and became (parameters,
+FLOPs, bytes, non-zero weights; accuracy or agreement on the validation data), what the method
+logged (stages, rounds), how fine-tuning went, the shadow's parity with onnxruntime on the
+written model, and which channel groups were pruned or blocked and why.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from onnxprune import metrics, modelio, verify
+from onnxprune.analysis.groups import ChannelGroup
+from onnxprune.plan import Plan
+from onnxprune.training.finetune import quality
+from onnxprune.training.prepare import Prepared
+
+
+def source_name(source: Any) -> str:
+    """How reports and errors name a model or data source: its path, else its type."""
+    if isinstance(source, (str, os.PathLike)):
+        return str(Path(source))
+    return f"<{type(source).__name__}>"
+
+
+def build_report(*, method: str, source: modelio.ModelLike, options: dict[str, Any],
+                 prepared: Prepared, normalized: onnx.ModelProto, pruned: onnx.ModelProto,
+                 plan: Plan, groups: tuple[ChannelGroup, ...],
+                 training: dict[str, Any] | None) -> dict[str, Any]:
+    """The report of one prune of ``source`` (normalised to ``normalized``) into ``pruned``."""
+    return {
+        "method": method,
+        "input": source_name(source),
+        "output": None,
+        "options": options,
+        "data": prepared.describe(),
+        "warnings": prepared.warnings,
+        "before": {**summary(normalized, source),
+                   **quality(normalized, normalized, prepared.val)},
+        "after": {**summary(pruned), **quality(pruned, normalized, prepared.val)},
+        **plan.log,
+        "training": training,
+        "parity_max_abs_diff": verify.shadow_parity(pruned, prepared.val),
+        "groups": {"total": len(groups), "pruned": sum(plan.removed(g).size > 0 for g in groups),
+                   "blocked": sum(g.blocked is not None for g in groups)},
+        "blocked": [{"group": g.id, "reason": g.blocked} for g in groups if g.blocked],
+        "plan": {gid: len(kept) for gid, kept in plan.keep.items()},
+    }
+
+
+def summary(model: onnx.ModelProto, source: modelio.ModelLike | None = None) -> dict[str, Any]:
+    """Parameters, FLOPs, bytes and non-zero weights of ``model``.
+
+    Bytes are the file's size when ``source`` is a path, else the serialised size (with sparse
+    weights stored sparsely, as ``save`` writes them).
+    """
+    graph = modelio.to_graph(model)
+    params, flops = metrics.count(graph)
+    if isinstance(source, (str, os.PathLike)):
+        size = metrics.file_bytes(source)
+    else:
+        size = metrics.model_bytes(source if isinstance(source, onnx.ModelProto)
+                                   else modelio.store_sparse(model))
+    return {"params": params, "flops": flops, "bytes": size,
+            "nonzero_weights": metrics.nonzero_weights(graph)}

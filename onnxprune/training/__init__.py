@@ -1,0 +1,1 @@
+"""Retraining: data sources, the training loop with its hooks, and fine-tuning a pruned model."""

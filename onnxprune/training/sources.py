@@ -1,0 +1,144 @@
+"""Reading data sources into numpy arrays.
+
+.npz files, image folders, ``module:function``, Python objects and batches;
+:mod:`onnxprune.training.data` checks and normalises what they give.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import zipfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from onnxprune.errors import UsageError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
+IMAGE_MODES = {1: "L", 3: "RGB"}  # channels of the model input -> Pillow mode
+
+
+def read_path(source: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | None]:
+    """Arrays from a ``.npz`` file or a ``module:function`` string."""
+    path = Path(source)
+    if path.is_file():
+        if path.suffix.lower() != ".npz":
+            raise UsageError(f"{path}: unsupported data file; give a .npz file, a folder of "
+                             "images with one subfolder per class, or module:function")
+        return read_npz(path)
+    if isinstance(source, str) and ":" in source:
+        return read_object(call_function(source), source)
+    raise UsageError(f"{path}: no such file or directory")
+
+
+def read_npz(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """Array ``x`` and, when present, ``y`` of a ``.npz`` file."""
+    if not zipfile.is_zipfile(path):
+        raise UsageError(f"{path}: not an .npz archive (np.savez writes one)")
+    try:
+        with np.load(path) as arrays:
+            if "x" not in arrays.files:
+                raise UsageError(f"{path}: no array 'x' (it holds: "
+                                 f"{', '.join(arrays.files) or 'nothing'})")
+            return arrays["x"], arrays["y"] if "y" in arrays.files else None
+    except (OSError, ValueError, zipfile.BadZipFile) as e:
+        raise UsageError(f"{path}: not a readable .npz file ({e})") from e
+
+
+def read_images(folder: Path, channels: int, height: int,
+                width: int) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 pixels (N, channels, height, width) and labels by sorted class subfolder."""
+    classes = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise UsageError(f"{folder}: no class subfolders; an image folder holds one subfolder "
+                         "of images per class")
+    files = [(f, label) for label, c in enumerate(classes) for f in sorted(c.rglob("*"))
+             if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS]
+    if not files:
+        raise UsageError(f"{folder}: no images ({', '.join(IMAGE_EXTENSIONS)}) in its class "
+                         "subfolders")
+    pixels = np.empty((len(files), channels, height, width), np.uint8)
+    for i, (file, _) in enumerate(files):
+        try:
+            with Image.open(file) as image:
+                resized = image.convert(IMAGE_MODES[channels]).resize(
+                    (width, height), Image.Resampling.BILINEAR)
+        except (OSError, ValueError) as e:
+            raise UsageError(f"{file}: not a readable image ({e})") from e
+        pixels[i] = np.asarray(resized).reshape(height, width, channels).transpose(2, 0, 1)
+    return pixels, np.array([label for _, label in files], np.int64)
+
+
+def call_function(text: str) -> object:
+    """Call the function named by ``module:function`` or ``path/to/file.py:function``."""
+    module_name, _, function_name = text.rpartition(":")
+    if not module_name or not function_name:
+        raise UsageError(f"{text}: expected module:function or path/to/file.py:function")
+    if module_name.endswith(".py"):
+        path = Path(module_name)
+        if not path.is_file():
+            raise UsageError(f"{text}: no such file {path}")
+        module_spec = importlib.util.spec_from_file_location(f"_onnxprune_data_{path.stem}", path)
+        assert module_spec is not None and module_spec.loader is not None
+        module = importlib.util.module_from_spec(module_spec)
+        module_spec.loader.exec_module(module)
+    else:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as e:
+            if e.name is None or not (module_name + ".").startswith(e.name + "."):
+                raise  # the module exists but fails to import one of its own dependencies
+            raise UsageError(f"{text}: cannot import module {module_name} ({e})") from e
+    function = getattr(module, function_name, None)
+    if not callable(function):
+        raise UsageError(f"{text}: module {module_name} has no function {function_name}")
+    return function()
+
+
+def read_object(source: object, where: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """Arrays from a Python object: (x, y), an array, or an iterable of batches."""
+    if isinstance(source, tuple) and len(source) == 2:
+        return to_numpy(source[0]), None if source[1] is None else to_numpy(source[1])
+    if isinstance(source, np.ndarray | torch.Tensor):
+        return to_numpy(source), None
+    if isinstance(source, Iterable) and not isinstance(source, str | bytes | Mapping):
+        return concat_batches(source, where)
+    raise UsageError(f"cannot load data from {where}; give a .npz file, an image folder, "
+                     "module:function, arrays, a DataLoader or an iterable of batches")
+
+
+def concat_batches(batches: Iterable, where: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """Concatenate ``(x, y)``, ``[x]`` or ``x`` batches; all labelled or all unlabelled."""
+    xs, ys = [], []
+    for i, batch in enumerate(batches):
+        if isinstance(batch, tuple | list) and len(batch) in (1, 2):
+            x, y = batch[0], batch[1] if len(batch) == 2 else None
+        elif isinstance(batch, np.ndarray | torch.Tensor):
+            x, y = batch, None
+        else:
+            raise UsageError(f"{where}: batch {i} is a {type(batch).__name__}; batches must be "
+                             "(x, y) or x, as numpy arrays or torch tensors")
+        xs.append(to_numpy(x))
+        ys.append(None if y is None else to_numpy(y))
+    if not xs:
+        raise UsageError(f"{where}: gave no batches")
+    if len({y is None for y in ys}) > 1:
+        raise UsageError(f"{where}: some batches have labels y and some do not")
+    try:
+        return np.concatenate(xs), None if ys[0] is None else np.concatenate(ys)
+    except ValueError as e:
+        raise UsageError(f"{where}: batches do not stack ({e})") from e
+
+
+def to_numpy(value: Any) -> np.ndarray:
+    """A numpy array from an array, a tensor (on any device) or a nested sequence."""
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu()
+        return (value.float() if value.dtype == torch.bfloat16 else value).numpy()
+    return np.asarray(value)

@@ -2,7 +2,10 @@
 
 Handlers in :mod:`onnxprune.analysis.roles` read nodes and call a :class:`GroupBuilder`'s
 methods to record producers, passengers, consumers, merges and blocks; :meth:`groups` then
-freezes the drafts into :class:`~onnxprune.analysis.groups.ChannelGroup` values.
+freezes the drafts into :class:`~onnxprune.analysis.groups.ChannelGroup` values, after the
+graph-wide checks that no single handler can make: channels that reach a graph output, an
+initializer shared outside its group, or a tensor that an If/Loop/Scan subgraph reads from the
+enclosing scope (:func:`subgraph_reads`; analysis does not follow channels into subgraphs).
 """
 
 from __future__ import annotations
@@ -117,6 +120,7 @@ class GroupBuilder:
     def groups(self) -> list[ChannelGroup]:
         """Freeze the drafts into groups, applying the graph-wide checks."""
         self._block_graph_outputs()
+        self._block_subgraph_reads()
         self._block_shared_initializers()
         groups = []
         for gid, draft in enumerate(self._drafts):
@@ -139,6 +143,13 @@ class GroupBuilder:
         for out in self.graph.outputs:
             self.block(self.layouts.get(out.name), f"reaches the graph output '{out.name}'")
 
+    def _block_subgraph_reads(self) -> None:
+        for node in self.graph.nodes:
+            for name in sorted(subgraph_reads(node)):
+                self.block(self.layouts.get(name),
+                           f"{node.op} node '{node.name}' reads '{name}' inside its subgraph, "
+                           "where channels cannot be followed")
+
     def _block_shared_initializers(self) -> None:
         users: dict[str, set[int]] = defaultdict(set)
         for gid, draft in enumerate(self._drafts):
@@ -155,3 +166,44 @@ class GroupBuilder:
                     self._drafts[gid].blocked.append(
                         f"initializer '{name}' is shared by nodes {', '.join(readers)}")
 
+
+def _subgraphs(node: gs.Node) -> list[gs.Graph]:
+    """The graph attributes of ``node`` (If's branches, Loop's and Scan's body, lists of them)."""
+    found: list[gs.Graph] = []
+    for value in node.attrs.values():
+        items = value if isinstance(value, list | tuple) else [value]
+        found.extend(v for v in items if isinstance(v, gs.Graph))
+    return found
+
+
+def _outer_reads(graph: gs.Graph) -> set[str]:
+    """Names that ``graph``'s nodes, or its nested subgraphs, read from enclosing scopes.
+
+    A name is local when a node of ``graph`` produces it, or it is an input or a constant
+    (initializer) of ``graph``. Names, not Tensor objects, are compared: graphsurgeon shares the
+    outer Tensor with the subgraph on import, but a graph built by hand may hold a copy. Like
+    graphsurgeon, every constant a subgraph uses counts as its own; an outer initializer read
+    inside is still seen by the shared-initializer check, through the shared Tensor's readers.
+    """
+    local = {t.name for t in graph.inputs}
+    local |= {t.name for n in graph.nodes for t in n.outputs}
+    local |= {t.name for t in graph.tensors().values() if isinstance(t, gs.Constant)}
+    reads: set[str] = set()
+    for n in graph.nodes:
+        reads |= {t.name for t in n.inputs}
+        for sub in _subgraphs(n):
+            reads |= _outer_reads(sub)
+    return reads - local - {""}
+
+
+def subgraph_reads(node: gs.Node) -> set[str]:
+    """Names that the subgraphs of ``node`` read from the scope ``node`` lives in.
+
+    Example: ``If(cond)`` whose then-branch computes ``ReduceMean(relu1)`` reads ``{"relu1"}``;
+    a Loop body's own inputs (iteration count, condition, carried values) are not reads. A node
+    without graph attributes reads nothing this way (its explicit inputs are ``node.inputs``).
+    """
+    reads: set[str] = set()
+    for sub in _subgraphs(node):
+        reads |= _outer_reads(sub)
+    return reads

@@ -2,8 +2,18 @@
 
 Our user holds only the ONNX file; retraining needs a differentiable copy of it. The shadow
 runs the graph's nodes in order through :mod:`onnxprune.shadow.op_table` (one function per ONNX
-op), with every float initializer as an ``nn.Parameter`` addressed by its initializer name and
-integer constants as buffers. ``export()`` writes the current values back into the same graph.
+op), with every initializer addressed by its initializer name. ``export()`` writes the current
+values back into the same graph.
+
+Only weights and biases train: a float initializer becomes an ``nn.Parameter`` when some node
+reads it in one of the roles of :data:`_TRAINED` (Conv / ConvTranspose / Gemm / MatMul weights
+and biases, the per-channel scales and shifts of PRelu and the normalisations), or adds it
+to a layer's output (a bias written as ``Add``). Every other constant is a buffer, so no
+optimiser built from ``parameters()`` sees it and weight decay never moves it: a baked-in input
+normalisation (``Sub`` a mean, ``Div`` a std), GELU's ``1/sqrt(2)``,
+HardSwish's ``+3`` and ``/6``, Clip bounds, Resize scales, BatchNorm's running statistics, and
+per-channel ``Mul`` / ``Add`` constants (a BatchNorm written out by hand) all stay fixed. A
+constant shared between a trained role and another role trains.
 
 A method may set a mask on a parameter (unstructured pruning): forward and export then use
 ``parameter * mask``.
@@ -32,9 +42,13 @@ from onnxprune import modelio
 from onnxprune.errors import UnsupportedModelError
 from onnxprune.shadow.op_table import resolve
 
-# Inputs that configure an op rather than carry weights: parameters, but never trained.
-_SETTINGS = {"Clip": (1, 2), "Resize": (1, 2), "Upsample": (1,), "Pad": (2,), "Dropout": (1, 2),
-             "Pow": (1,)}
+# The inputs that hold weights and biases, by op: the only constants that train. MatMul and
+# Gemm list every operand, since either side may be the constant weight.
+_TRAINED = {"Conv": (1, 2), "ConvTranspose": (1, 2), "Gemm": (0, 1, 2), "MatMul": (0, 1),
+            "PRelu": (1,), "BatchNormalization": (1, 2), "InstanceNormalization": (1, 2),
+            "LayerNormalization": (1, 2), "GroupNormalization": (1, 2)}
+
+_LAYERS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
 
 
 @dataclass(frozen=True)
@@ -63,11 +77,11 @@ class ShadowModel(nn.Module):
         self.output_names = tuple(t.name for t in graph.outputs)
         self._keys: dict[str, str] = {}
         self.weights = nn.ParameterDict()
-        frozen = {n.inputs[i].name for n in graph.nodes for i in _SETTINGS.get(n.op, ())
-                  if i < len(n.inputs)}
+        trained = {n.inputs[i].name for n in graph.nodes for i in _TRAINED.get(n.op, ())
+                   if i < len(n.inputs)} | _added_biases(graph)
         for name, tensor in graph.tensors().items():
             if isinstance(tensor, gs.Constant):
-                self._add_constant(name, np.asarray(tensor.values), trainable=name not in frozen)
+                self._add_constant(name, np.asarray(tensor.values), trainable=name in trained)
         self._steps = [self._step(node, graph.opset, i) for i, node in enumerate(graph.nodes)]
         self._masks: dict[str, str] = {}
         readers = {name: len(t.outputs) for name, t in graph.tensors().items()}
@@ -81,8 +95,8 @@ class ShadowModel(nn.Module):
         key = _unique_key(name, self._keys.values())
         self._keys[name] = key
         tensor = torch.from_numpy(np.array(values))
-        if np.issubdtype(values.dtype, np.floating):
-            self.weights[key] = nn.Parameter(tensor, requires_grad=trainable)
+        if trainable and tensor.is_floating_point():
+            self.weights[key] = nn.Parameter(tensor)
         else:
             self.register_buffer(f"const_{key}", tensor)
 
@@ -114,12 +128,17 @@ class ShadowModel(nn.Module):
 
     # -- parameters and masks --------------------------------------------------------------
     def initializer_names(self) -> list[str]:
-        """Names of the float initializers, which are this module's parameters."""
-        return [name for name, key in self._keys.items() if key in self.weights]
+        """Names of the float initializers, trainable or not."""
+        return [name for name in self._keys if self.parameter(name).is_floating_point()]
 
-    def parameter(self, name: str) -> nn.Parameter:
-        """The parameter holding initializer ``name``."""
-        return self.weights[self._keys[name]]
+    def parameter(self, name: str) -> torch.Tensor:
+        """The tensor holding initializer ``name``.
+
+        An ``nn.Parameter`` when it trains (a weight or bias), otherwise a buffer that does
+        not require grad.
+        """
+        key = self._keys[name]
+        return self.weights[key] if key in self.weights else getattr(self, f"const_{key}")
 
     def set_mask(self, name: str, mask: torch.Tensor | np.ndarray | None) -> None:
         """Multiply initializer ``name`` by ``mask`` in forward and export (None removes it)."""
@@ -148,13 +167,10 @@ class ShadowModel(nn.Module):
 
     def values(self) -> Iterator[tuple[str, torch.Tensor]]:
         """Every constant by initializer name, masks applied: what forward and export use."""
-        for name, key in self._keys.items():
-            if key in self.weights:
-                value = self.weights[key]
-                mask_key = self._masks.get(name)
-                yield name, value * getattr(self, mask_key) if mask_key else value
-            else:
-                yield name, getattr(self, f"const_{key}")
+        for name in self._keys:
+            value = self.parameter(name)
+            mask_key = self._masks.get(name)
+            yield name, value * getattr(self, mask_key) if mask_key else value
 
     # -- BatchNorm for training -------------------------------------------------------------
     def add_batchnorm(self, x: torch.Tensor) -> int:
@@ -221,18 +237,35 @@ class ShadowModel(nn.Module):
         return env
 
     def export(self) -> onnx.ModelProto:
-        """The same graph as the source model, with the current parameter values.
+        """The same graph as the source model, with every initializer's current value.
 
         Masks are applied and inserted BatchNorms folded into their convolutions.
         """
         return modelio.with_initializers(self._proto, self.snapshot())
 
     def snapshot(self) -> dict[str, np.ndarray]:
-        """A copy of every trainable initializer as :meth:`export` writes it."""
+        """A copy of every float initializer, trainable or not, as :meth:`export` writes it."""
         with torch.no_grad():
             return {name: value.detach().cpu().numpy().copy()
                     for name, value in self.folded_values().items()
-                    if self._keys[name] in self.weights}
+                    if value.is_floating_point()}
+
+
+def _added_biases(graph: gs.Graph) -> set[str]:
+    """Constants of several values added straight to a layer's output: biases as ``Add``.
+
+    ``nn.Linear`` on 3-D inputs exports ``MatMul`` then ``Add``; PaddlePaddle adds every Conv
+    bias that way. A single value (HardSwish's ``+3`` after a Conv) is no bias.
+    """
+    found = set()
+    for node in graph.nodes:
+        if node.op != "Add" or len(node.inputs) != 2:
+            continue
+        for const, other in (node.inputs, node.inputs[::-1]):
+            if (isinstance(const, gs.Constant) and const.values.size > 1 and other.inputs
+                    and other.inputs[0].op in _LAYERS):
+                found.add(const.name)
+    return found
 
 
 def _unique_key(name: str, taken: Any) -> str:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
 import onnx
 import onnx.helper
+import onnx.numpy_helper
 import onnx.parser
 import pytest
 import torch
@@ -15,6 +17,8 @@ from conftest import ROOT, normalized
 from onnxprune import modelio
 from onnxprune.errors import UnsupportedModelError
 from onnxprune.shadow import ShadowModel
+from onnxprune.training.data import Dataset
+from onnxprune.training.loop import TrainConfig, train
 
 
 def _run_shadow(shadow: ShadowModel, feeds: dict) -> list[np.ndarray]:
@@ -96,11 +100,13 @@ def test_unknown_op_is_refused_at_construction_naming_the_node() -> None:
         ShadowModel(model)
 
 
-def test_frozen_settings_are_parameters_without_gradients() -> None:
+def test_clip_bounds_are_buffers_outside_the_optimiser() -> None:
     shadow = ShadowModel(normalized(ROOT / "sample_models" / "mobilenetv2.onnx"))
     frozen = [n for n in shadow.initializer_names() if not shadow.parameter(n).requires_grad]
     assert frozen, "the Clip bounds of ReLU6 must not train"
     assert all(shadow.parameter(n).numel() == 1 for n in frozen)
+    trained = {id(p) for p in shadow.parameters()}
+    assert not any(id(shadow.parameter(n)) in trained for n in frozen)
 
 
 def test_split_without_sizes_and_constant_nodes_run() -> None:
@@ -142,3 +148,109 @@ def test_inserted_batchnorm_keeps_the_function_and_folds_back_on_export(name: st
         expected = shadow(x).numpy()
     assert np.abs(modelio.run(exported, {shadow.input_names[0]: x.numpy()})[0]
                   - expected).max() <= 1e-3
+
+
+# -- which constants train ------------------------------------------------------------------
+_CONV = "y = Conv<pads = [1, 1, 1, 1]>"
+_RNG = np.random.default_rng(0)
+# name -> (ONNX text body reading x[N,3,6,6] and writing y, constants, trainable names)
+_ROLES = {
+    "baked_in_normalisation": (
+        f"s = Sub(x, mean)\n d = Div(s, std)\n {_CONV}(d, w, b)",
+        {"mean": [[[[0.485]], [[0.456]], [[0.406]]]], "std": [[[[0.229]], [[0.224]], [[0.225]]]]},
+        {"w", "b"}),
+    "hardswish_add3_clip_div6": (
+        f"{_CONV.replace('y =', 'c =')}(x, w, b)\n a = Add(c, three)\n r = Clip(a, zero, six)\n"
+        " m = Mul(c, r)\n y = Div(m, six)", {"three": 3.0, "zero": 0.0, "six": 6.0}, {"w", "b"}),
+    "gelu_with_erf": (
+        f"{_CONV.replace('y =', 'c =')}(x, w, b)\n h = Mul(c, rsqrt2)\n e = Erf(h)\n"
+        " p = Add(e, one)\n m = Mul(c, p)\n y = Mul(m, half)",
+        {"rsqrt2": 2 ** -0.5, "one": 1.0, "half": 0.5}, {"w", "b"}),
+    "prelu_and_normalisations": (
+        f"{_CONV.replace('y =', 'c =')}(x, w)\n n = BatchNormalization(c, gamma, beta, mu, var)\n"
+        " p = PRelu(n, slope)\n y = InstanceNormalization(p, iscale, ibias)",
+        {"gamma": _RNG.uniform(0.5, 2, 4), "beta": _RNG.standard_normal(4),
+         "mu": _RNG.standard_normal(4), "var": _RNG.uniform(0.5, 2, 4),
+         "slope": _RNG.uniform(0.1, 0.3, (4, 1, 1)), "iscale": _RNG.uniform(0.5, 2, 4),
+         "ibias": _RNG.standard_normal(4)},
+        {"w", "gamma", "beta", "slope", "iscale", "ibias"}),
+    "handwritten_batchnorm_and_pow": (
+        f"{_CONV.replace('y =', 'c =')}(x, w)\n m = Mul(c, g)\n a = Add(m, h)\n r = Relu(a)\n"
+        " y = Pow(r, two)", {"g": _RNG.uniform(0.5, 2, (1, 4, 1, 1)),
+                             "h": _RNG.standard_normal((1, 4, 1, 1)), "two": 2.0}, {"w"}),
+    "resize_scales": (
+        f"{_CONV.replace('y =', 'c =')}(x, w, b)\n y = Resize<mode = \"nearest\">(c, roi, scales)",
+        {"roi": np.zeros(0), "scales": [1.0, 1.0, 2.0, 2.0]}, {"w", "b"}),
+    "gemm_bias_shared_with_add_and_matmul": (
+        "f = Flatten(x)\n g = Gemm(f, fc, bias)\n a = Add(g, bias)\n m = MatMul(a, v)\n"
+        " y = Div(m, t)", {"fc": _RNG.standard_normal((108, 5)) * 0.1, "t": 4.0,
+                           "bias": _RNG.standard_normal(5), "v": _RNG.standard_normal((5, 5))},
+        {"fc", "bias", "v"}),
+    "biases_written_as_add": (
+        f"{_CONV.replace('y =', 'c =')}(x, w)\n a = Add(c, cb)\n f = Flatten(a)\n"
+        " m = MatMul(f, fc)\n y = Add(m, lb)", {"cb": _RNG.standard_normal((1, 4, 1, 1)),
+                                              "fc": _RNG.standard_normal((144, 5)) * 0.1,
+                                              "lb": _RNG.standard_normal(5)},
+        {"w", "cb", "fc", "lb"}),
+}
+
+
+def _roles_model(case: str) -> tuple[onnx.ModelProto, set[str]]:
+    """The model of ``_ROLES[case]`` (a 4->3 Conv's w and b added) and its trainable names."""
+    body, consts, trainable = _ROLES[case]
+    rng = np.random.default_rng(2)
+    consts = {"w": rng.standard_normal((4, 3, 3, 3)) * 0.3, "b": rng.standard_normal(4), **consts}
+    used = set(re.findall(r"\w+", body))
+    model = onnx.parser.parse_model('<ir_version: 8, opset_import: ["": 13]> '
+                                    f"g (float[N,3,6,6] x) => (float y) {{\n {body}\n}}")
+    model.graph.initializer.extend(
+        onnx.numpy_helper.from_array(np.asarray(v, np.float32), n) for n, v in consts.items()
+        if n in used)
+    return modelio.load(model), trainable
+
+
+@pytest.mark.parametrize("case", sorted(_ROLES))
+def test_only_weights_and_biases_are_parameters(case: str) -> None:
+    model, expected = _roles_model(case)
+    shadow = ShadowModel(model)
+    feeds = modelio.random_inputs(model, batch=2)
+    assert np.abs(modelio.run(model, feeds)[0] - _run_shadow(shadow, feeds)[0]).max() <= 1e-4
+    assert set(shadow.initializer_names()) == {t.name for t in model.graph.initializer}
+    trainable = {n for n in shadow.initializer_names() if shadow.parameter(n).requires_grad}
+    assert trainable == expected
+    assert {id(p) for p in shadow.parameters()} == {id(shadow.parameter(n)) for n in expected}
+    buffers = {id(b) for b in shadow.buffers()}
+    assert all(id(shadow.parameter(n)) in buffers for n in set(shadow.initializer_names())
+               - expected)
+
+
+@pytest.mark.parametrize("case", sorted(_ROLES))
+def test_weight_decay_moves_weights_and_leaves_other_constants_bit_identical(case: str) -> None:
+    model, expected = _roles_model(case)
+    teacher, student = ShadowModel(model), ShadowModel(model)
+    data = Dataset(np.random.default_rng(1).standard_normal((32, 3, 6, 6)).astype(np.float32))
+    train(student, data, TrainConfig(epochs=2, lr=0.05, weight_decay=0.1, batch_size=8,
+                                     quiet=True), teacher=teacher)
+    before = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    after = {t.name: onnx.numpy_helper.to_array(t) for t in student.export().graph.initializer}
+    assert after.keys() == before.keys()
+    for name, value in before.items():
+        if name in expected:
+            assert not np.array_equal(after[name], value), f"{name} should have trained"
+        else:
+            assert after[name].dtype == value.dtype
+            assert after[name].tobytes() == value.tobytes(), f"{name} should not have moved"
+
+
+def test_export_writes_the_current_value_of_a_fixed_constant() -> None:
+    model, _ = _roles_model("baked_in_normalisation")
+    shadow = ShadowModel(model)
+    with torch.no_grad():
+        shadow.parameter("std").mul_(2.0)
+    assert "std" in shadow.snapshot()
+    exported = {t.name: onnx.numpy_helper.to_array(t) for t in shadow.export().graph.initializer}
+    original = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    np.testing.assert_array_equal(exported["std"], 2 * original["std"])
+    feeds = modelio.random_inputs(model, batch=2)
+    assert np.abs(modelio.run(shadow.export(), feeds)[0]
+                  - _run_shadow(shadow, feeds)[0]).max() <= 1e-4

@@ -24,7 +24,10 @@ class FoldBatchNormPass(Pass):
       2. That output feeds nothing but the BN and is not a graph output.
       3. Conv weight rows (axis 0) are scaled; Gemm weight along its output axis
          (axis 0 with ``transB=1``, else axis 1); ``alpha`` and ``beta`` are folded in too.
-      4. A producer without bias gets one. The weights are copied, never shared.
+      4. A Gemm bias ``C`` folds when it is the same for every row: shape ``()``, ``(1,)``,
+         ``(N,)``, ``(1, 1)`` or ``(1, N)``; it becomes a ``(N,)`` bias. A ``C`` that varies
+         by row (``(M, 1)``, ``(M, N)`` with ``M > 1``) leaves the BN unfolded.
+      5. A producer without bias gets one. The weights are copied, never shared.
     Other BatchNormalization nodes stay; analysis treats them as per-channel passengers.
     """
 
@@ -60,21 +63,22 @@ def _fold(graph: gs.Graph, bn: gs.Node) -> bool:
     bias = constant_value(bias_t) if bias_t is not None else None
     if weight is None or (bias_t is not None and bias is None):
         return False
-    scale, beta, mean, var = (p.astype(np.float64) for p in params)
-    s = scale / np.sqrt(var + float(attr(bn, "epsilon", 1e-5)))
     n_out = weight.shape[axis]
+    b = np.zeros(n_out) if bias is None else _per_channel(bias, n_out)
+    if b is None:  # rule 4
+        return False
     if producer.op == "Gemm":  # rule 3: alpha and beta become 1
         weight = weight * float(attr(producer, "alpha", 1.0))
-        if bias is not None:
-            bias = np.broadcast_to(bias * float(attr(producer, "beta", 1.0)), (n_out,))
+        b = b * float(attr(producer, "beta", 1.0))
         producer.attrs["alpha"] = 1.0
         producer.attrs["beta"] = 1.0
-    b = np.zeros(n_out) if bias is None else bias.astype(np.float64).reshape(n_out)
+    scale, beta, mean, var = (p.astype(np.float64) for p in params)
+    s = scale / np.sqrt(var + float(attr(bn, "epsilon", 1e-5)))
     shape = [1] * weight.ndim
     shape[axis] = n_out
     new_w = (weight * s.reshape(shape)).astype(weight.dtype)
     new_b = (s * (b - mean) + beta).astype(weight.dtype)
-    producer.inputs[1] = gs.Constant(f"{producer.name}_weight_bnfold", new_w)  # rule 4
+    producer.inputs[1] = gs.Constant(f"{producer.name}_weight_bnfold", new_w)  # rule 5
     bias_const = gs.Constant(f"{producer.name}_bias_bnfold", new_b)
     if bias_t is None:
         producer.inputs.append(bias_const)
@@ -85,3 +89,16 @@ def _fold(graph: gs.Graph, bn: gs.Node) -> bool:
     bn.inputs.clear()
     producer.outputs[0] = y
     return True
+
+
+def _per_channel(bias: np.ndarray, n_out: int) -> np.ndarray | None:
+    """Return ``bias`` as a float64 ``(n_out,)`` vector, or None when it varies by row.
+
+    Conv biases are ``(n_out,)``; a Gemm ``C`` only needs to broadcast to ``(M, n_out)``, so
+    ``()``, ``(1,)``, ``(1, 1)`` and ``(1, n_out)`` are per-channel too (rule 4).
+    """
+    if bias.ndim > 2 or any(d != 1 for d in bias.shape[:-1]):
+        return None
+    if bias.ndim and bias.shape[-1] not in (1, n_out):
+        return None
+    return np.broadcast_to(bias.astype(np.float64).reshape(-1), (n_out,)).copy()

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
 from conftest import ROOT, build, max_diff
 
@@ -33,6 +34,42 @@ def test_folds_and_keeps_outputs(producer: str, weights: dict) -> None:
     feeds = modelio.random_inputs(model)
     assert max_diff(modelio.run(model, feeds),
                     modelio.run(modelio.to_model(graph, model), feeds)) <= 1e-5
+
+
+def _gemm_bn_model(c_shape: tuple[int, ...] | None, trans_b: int, alpha: float,
+                   beta: float) -> onnx.ModelProto:
+    """f (3, 16) -> Gemm(w, c of shape ``c_shape``, or no c) -> BatchNormalization -> y."""
+    weights = {"w": (6, 16) if trans_b else (16, 6), **BN}
+    if c_shape is not None:
+        weights["c"] = c_shape or (1,)  # the text syntax has no scalars: reshaped below
+    model = build(f"a = Gemm<transB={trans_b}, alpha={alpha}, beta={beta}>"
+                  f"(f, w{', c' if c_shape is not None else ''})\n"
+                  " y = BatchNormalization(a, s, b, m, v)",
+                  weights, inputs="float[3,16] f", outputs="float[3,6] y")
+    graph = modelio.to_graph(model)
+    tensors = graph.tensors()
+    tensors["v"].values = np.abs(tensors["v"].values) + 0.1
+    if c_shape is not None:
+        tensors["c"].values = tensors["c"].values.reshape(c_shape)
+    return modelio.to_model(graph, model)
+
+
+@pytest.mark.parametrize(("alpha", "beta"), [(1.0, 1.0), (0.5, 2.0)])
+@pytest.mark.parametrize("trans_b", [0, 1])
+@pytest.mark.parametrize(("c_shape", "folds"), [
+    (None, True), ((6,), True), ((1, 6), True), ((1,), True), ((), True), ((1, 1), True),
+    ((3, 6), False), ((3, 1), False),
+], ids=["no-c", "n", "1xn", "1", "scalar", "1x1", "mxn", "mx1"])
+def test_gemm_bias_shapes(c_shape: tuple[int, ...] | None, folds: bool, trans_b: int,
+                          alpha: float, beta: float) -> None:
+    model = _gemm_bn_model(c_shape, trans_b, alpha, beta)
+    graph = modelio.to_graph(model)
+    result = FoldBatchNormPass()(graph)
+    assert result.stats["batchnorms_folded"] == int(folds)
+    assert any(n.op == "BatchNormalization" for n in graph.nodes) is not folds
+    folded = modelio.to_model(graph, model)
+    feeds = modelio.random_inputs(model)
+    assert max_diff(modelio.run(model, feeds), modelio.run(folded, feeds)) <= 1e-5
 
 
 def test_leaves_batchnorm_whose_input_has_other_readers() -> None:

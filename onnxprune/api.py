@@ -9,16 +9,24 @@ into an earlier one:
 
 from __future__ import annotations
 
+import functools
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import onnx
 import onnx_graphsurgeon as gs
 
-from onnxprune import methods, metrics, modelio, verify
+from onnxprune import methods, metrics, modelio, paths, plot, verify
 from onnxprune.analysis import ChannelGroup, analyze
-from onnxprune.errors import NothingToPruneError, UsageError
+from onnxprune.errors import (
+    NothingToPruneError,
+    OnnxPruneError,
+    UnsupportedModelError,
+    UsageError,
+)
 from onnxprune.methods.budget import Budget
 from onnxprune.passes import PruneContext, run_passes
 from onnxprune.passes.pipeline import CLEANUP, NORMALIZE, PRUNE
@@ -28,24 +36,52 @@ from onnxprune.shadow import ShadowModel
 from onnxprune.training.finetune import finetune
 from onnxprune.training.loop import TrainConfig
 from onnxprune.training.loop import evaluate as score
-from onnxprune.training.prepare import DataOptions, Prepared, prepare
+from onnxprune.training.prepare import DataOptions, prepare
+
+QUANTIZED_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear",
+                           "QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger",
+                           "QLinearAdd", "QLinearMul", "QLinearConcat", "QLinearSigmoid",
+                           "QLinearGlobalAveragePool", "QLinearAveragePool"})
+
+LAYER_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
 
 
 @dataclass
 class PruneResult:
-    """The pruned model, the plan that made it, and the report (the same dict as the JSON)."""
+    """The pruned model, the plan that made it, and the report (the same dict as the JSON).
+
+    ``inputs`` are the files the run read (the model, its external data, the data files):
+    :meth:`save` refuses to write over any of them.
+    """
 
     model: onnx.ModelProto
     plan: Plan
     report: dict[str, Any] = field(default_factory=dict)
+    inputs: tuple[Path, ...] = ()
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the model atomically, sparse weights stored sparsely; record path and size."""
+        paths.check_outputs({"the output": path}, self.inputs)
         size = modelio.save(modelio.store_sparse(self.model), path)
         self.report["output"] = str(path)
         self.report["after"]["bytes"] = size
 
 
+def _naming_the_model(function: Callable[..., Any]) -> Callable[..., Any]:
+    """Make every OnnxPruneError raised by ``function`` name the model file it ran on."""
+    @functools.wraps(function)
+    def named(model: modelio.ModelLike, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return function(model, *args, **kwargs)
+        except OnnxPruneError as e:
+            where = source_name(model)
+            if not isinstance(model, (str, os.PathLike)) or str(e).startswith(where):
+                raise
+            raise type(e)(f"{where}: {e}") from e
+    return named
+
+
+@_naming_the_model
 def prune(model: modelio.ModelLike, method: str = "magnitude", *,
           max_flops: float | None = None, max_params: float | None = None,
           round_to: int | None = None, data: Any = None, val_data: Any = None,
@@ -65,16 +101,19 @@ def prune(model: modelio.ModelLike, method: str = "magnitude", *,
     """
     config = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, device=device, seed=seed,
                          quiet=quiet, batchnorm=train_batchnorm)
-    chosen = _method(model, method, options, has_data=data is not None)
+    chosen = _method(method, options, has_data=data is not None)
+    if val_data is not None and data is None:
+        raise UsageError("--val-data measures training on --data; give --data too")
     normalized, graph = normalize(model)
     if epochs > 0:
         ShadowModel(normalized)  # refuses an op the shadow cannot run, before any work
-    groups = _prunable_groups(graph, model)
+    groups = _prunable_groups(graph)
     context = methods.Context(graph, groups, Budget(max_flops, max_params),
                               metrics.cpu_channel_block() if round_to is None else round_to,
                               options, train=config, model=normalized)
-    prepared, plan = _decide(chosen, context, model, DataOptions(data, val_data, input_size, mean,
-                                                                 std), needs_training=epochs > 0)
+    prepared = prepare(normalized, DataOptions(data, val_data, input_size, mean, std),
+                       needs_training=epochs > 0 or getattr(chosen, "trains", False))
+    plan = chosen.run(replace(context, data=prepared.train, val_data=prepared.val))
     written = modelio.with_initializers(normalized, plan.weights)
     pruned = apply_plan(written, plan)
     verify.check_runs(normalized, pruned)
@@ -82,6 +121,7 @@ def prune(model: modelio.ModelLike, method: str = "magnitude", *,
     if epochs > 0:
         pruned, training = finetune(pruned, normalized, prepared.train, config)
         verify.check_model(pruned)
+        verify.check_runs(normalized, pruned)
     report = build_report(
         method=method, source=model, prepared=prepared, normalized=normalized, pruned=pruned,
         plan=plan, groups=groups, training=training,
@@ -89,7 +129,25 @@ def prune(model: modelio.ModelLike, method: str = "magnitude", *,
                  "round_to": context.round_to, "epochs": epochs, "lr": lr,
                  "batch_size": batch_size, "device": device, "seed": seed,
                  "train_batchnorm": train_batchnorm, **options})
-    return PruneResult(pruned, plan, report)
+    return PruneResult(pruned, plan, report, paths.files_read(model, data, val_data,
+                                                             *options.values()))
+
+
+@_naming_the_model
+def check_outputs(model: modelio.ModelLike, method: str, outputs: dict[str, Any], *,
+                  data: Any = None, val_data: Any = None, **options: Any) -> None:
+    """Refuse, before any work, outputs a prune of ``model`` could not write safely.
+
+    ``outputs`` maps option names (``--out``, ``--report``, ``--plot``) to paths or None. Each
+    must not be a file the run reads (the model, its external data, the data and option files),
+    nor each other, and must be writable; ``--plot`` needs a method that records stages or
+    rounds, and matplotlib.
+    """
+    paths.check_outputs(outputs, paths.files_read(model, data, val_data, *options.values()))
+    if outputs.get("--plot") is not None:
+        if methods.create(method).records is None:
+            raise UsageError(f"--plot: method '{method}' records no stages or rounds to draw")
+        plot.require_matplotlib()
 
 
 def normalize(source: modelio.ModelLike) -> tuple[onnx.ModelProto, gs.Graph]:
@@ -108,38 +166,34 @@ def apply_plan(normalized: onnx.ModelProto, plan: Plan) -> onnx.ModelProto:
     return verify.check_model(modelio.to_model(graph, normalized))
 
 
-def _method(model: modelio.ModelLike, name: str, options: dict[str, Any], *,
-            has_data: bool) -> methods.Method:
+def _method(name: str, options: dict[str, Any], *, has_data: bool) -> methods.Method:
     """The method ``name``, once its options and data needs are met."""
     chosen = methods.create(name)
     unknown = sorted(set(options) - set(chosen.options))
     if unknown:
         raise UsageError(f"method '{name}' takes no option {', '.join(unknown)}")
     if getattr(chosen, "needs_data", False) and not has_data:
-        raise UsageError(f"{source_name(model)}: method '{name}' needs --data (labelled, for "
-                         "accuracy): a tolerance cannot be checked on synthetic inputs")
+        raise UsageError(f"method '{name}' needs --data (labelled, for accuracy): a tolerance "
+                         "cannot be checked on synthetic inputs")
     return chosen
 
 
-def _prunable_groups(graph: gs.Graph, model: modelio.ModelLike) -> tuple[ChannelGroup, ...]:
-    """The channel groups of ``graph``; refuses when every one is blocked."""
+def _prunable_groups(graph: gs.Graph) -> tuple[ChannelGroup, ...]:
+    """The channel groups of ``graph``; refuses models it cannot prune, and all-blocked ones."""
+    for node in graph.nodes:
+        if node.op in QUANTIZED_OPS:
+            raise UnsupportedModelError(
+                f"a quantized model ({node.op} node '{node.name}'): onnxprune prunes float "
+                "models; prune the float model, then quantize it")
+        weight = node.inputs[1] if node.op in LAYER_OPS and len(node.inputs) > 1 else None
+        if isinstance(weight, gs.Constant) and 0 in weight.shape:
+            raise UnsupportedModelError(f"{node.op} node '{node.name}' has an empty weight "
+                                        f"{tuple(weight.shape)}: it has no channels to prune")
     groups = tuple(analyze(graph))
     if all(g.blocked for g in groups):
-        raise NothingToPruneError(f"{source_name(model)}: nothing to prune: every channel group "
-                                  "is blocked (run `onnxprune inspect` to see why)")
+        raise NothingToPruneError("nothing to prune: every channel group is blocked (run "
+                                  "`onnxprune inspect` to see why)")
     return groups
-
-
-def _decide(chosen: methods.Method, context: methods.Context, model: modelio.ModelLike,
-            options: DataOptions, *, needs_training: bool) -> tuple[Prepared, Plan]:
-    """Prepare the data and run the method on it; usage errors name the model."""
-    try:
-        prepared = prepare(context.model, options,
-                           needs_training=needs_training or getattr(chosen, "trains", False))
-        plan = chosen.run(replace(context, data=prepared.train, val_data=prepared.val))
-    except UsageError as e:
-        raise UsageError(f"{source_name(model)}: {e}") from e
-    return prepared, plan
 
 
 @dataclass(frozen=True)
@@ -152,6 +206,7 @@ class Inspection:
     flops: int
 
 
+@_naming_the_model
 def inspect(model: modelio.ModelLike) -> Inspection:
     """Return per-layer parameters, FLOPs and channels, and the channel groups of ``model``."""
     _, graph = normalize(model)
@@ -159,6 +214,7 @@ def inspect(model: modelio.ModelLike) -> Inspection:
     return Inspection(metrics.layers(graph), analyze(graph), params, flops)
 
 
+@_naming_the_model
 def evaluate(model: modelio.ModelLike, data: Any, *, reference: modelio.ModelLike | None = None,
              val_data: Any = None, input_size: tuple[int, int] | None = None,
              mean: list[float] | None = None, std: list[float] | None = None) -> dict[str, Any]:
@@ -177,3 +233,28 @@ def evaluate(model: modelio.ModelLike, data: Any, *, reference: modelio.ModelLik
                          "measure agreement with another model")
     return {"model": source_name(model), "samples": len(val),
             **score(loaded, val, reference=ref)}
+
+
+def bench(models: Sequence[str | os.PathLike], *, batch: int = 1, runs: int = 50,
+          warmup: int = 5, threads: int = 1,
+          provider: str = "CPUExecutionProvider") -> list[metrics.Latency]:
+    """Time ``models`` in onnxruntime in one process (see :func:`onnxprune.metrics.latency`).
+
+    Refuses, naming the file, a model whose input sizes after the batch are not fixed.
+    """
+    if provider not in metrics.available_providers():
+        raise UsageError(f"onnxruntime on this machine has no {provider}")
+    loaded = []
+    for path in models:
+        model = modelio.load(path)
+        for name, shape, _ in modelio.input_specs(model):
+            if not all(isinstance(d, int) and d > 0 for d in shape[1:]):
+                raise UsageError(f"{path}: input '{name}' has shape {tuple(shape)}; bench needs "
+                                 "fixed sizes after the batch dimension")
+        try:
+            modelio.random_inputs(model, batch=batch)
+        except OnnxPruneError as e:
+            raise UsageError(f"{path}: {e}") from e
+        loaded.append(model)
+    return metrics.latency(loaded, batch=batch, runs=runs, warmup=warmup, threads=threads,
+                           provider=provider)

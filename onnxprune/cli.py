@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-import json
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -14,7 +14,7 @@ from typing import Any
 import click
 from onnx_graphsurgeon.logger import G_LOGGER
 
-from onnxprune import api, methods, metrics, modelio, plot
+from onnxprune import api, methods, modelio, plot, report
 from onnxprune.errors import OnnxPruneError, UsageError
 from onnxprune.methods.pp import PpOptions
 
@@ -97,21 +97,15 @@ def _parsed(options: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _fraction(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
-    if value is not None and not 0 < value <= 1:
-        raise UsageError(f"--{param.name.replace('_', '-')} must be in (0, 1], got {value}")
-    return value
-
-
 @main.command("prune")
 @click.argument("model", type=click.Path(dir_okay=True, path_type=Path))
 @click.option("--method", "method", default="magnitude", show_default=True,
               help=f"Pruning method: {', '.join(methods.names())}.")
 @click.option("--out", "out", required=True, type=click.Path(path_type=Path),
               help="Where to write the pruned model.")
-@click.option("--max-flops", type=float, callback=_fraction,
+@click.option("--max-flops", type=float,
               help="Fraction of the original FLOPs to keep, in (0, 1].")
-@click.option("--max-params", type=float, callback=_fraction,
+@click.option("--max-params", type=float,
               help="Fraction of the original parameters to keep, in (0, 1].")
 @click.option("--round-to", type=click.IntRange(min=1),
               help="Round kept channel counts to a multiple of N (default: this CPU's "
@@ -146,22 +140,16 @@ def _fraction(ctx: click.Context, param: click.Parameter, value: float | None) -
 def prune_command(model: Path, method: str, out: Path, report_path: Path | None, quiet: bool,
                   plot_path: Path | None, **options: Any) -> None:
     """Prune MODEL and write the result to --out."""
-    _check_paths(model, out, report_path)
-    if plot_path is not None:
-        plot.require_matplotlib()
     given = {k: v for k, v in _parsed(options).items()
              if v is not None or k not in _METHOD_OPTIONS}
+    api.check_outputs(model, method, {"--out": out, "--report": report_path, "--plot": plot_path},
+                      **given)
     result = api.prune(model, method, quiet=quiet, **given)
     result.save(out)
     if report_path is not None:
-        modelio.save_text(json.dumps(result.report, indent=2) + "\n", report_path)
+        modelio.save_text(report.to_json(result.report), report_path)
     if plot_path is not None:
-        if "rounds" in result.report:
-            plot.plot_rounds(result.report, plot_path)
-        elif "stages" in result.report:
-            plot.plot_stages(result.report["stages"], plot_path)
-        else:
-            raise UsageError(f"--plot: method '{method}' records no stages or rounds to draw")
+        plot.draw(result.report, plot_path)
     for warning in result.report["warnings"]:
         click.echo(f"onnxprune: warning: {warning}", err=True)
     if not quiet:
@@ -185,7 +173,7 @@ def inspect_command(model: Path, as_json: bool) -> None:
                     "blocked": g.blocked} for g in info.groups],
     }
     if as_json:
-        click.echo(json.dumps(data, indent=2))
+        click.echo(report.to_json(data), nl=False)
         return
     rows = [(lay.name, lay.op, f"{lay.params:,}", f"{lay.flops:,}",
              f"{lay.in_channels}->{lay.out_channels}") for lay in info.layers]
@@ -208,9 +196,10 @@ def eval_command(model: Path, reference: Path | None, as_json: bool, **options: 
         raise UsageError(f"{model}: eval needs --data")
     scores = api.evaluate(model, reference=reference, **_parsed(options))
     if as_json:
-        click.echo(json.dumps(scores, indent=2))
+        click.echo(report.to_json(scores), nl=False)
         return
-    click.echo(_table(("metric", "value"), [(k, f"{v:.4f}") for k, v in scores.items()]))
+    click.echo(_table(("metric", "value"), [(k, f"{v:.4f}" if isinstance(v, float) else str(v))
+                                            for k, v in scores.items()]))
 
 
 @main.command("bench")
@@ -226,11 +215,8 @@ def bench_command(models: tuple[Path, ...], runs: int, warmup: int, batch: int, 
                   provider: str) -> None:
     """Time MODELS in onnxruntime (median and p90); speedup is against the first."""
     name = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}[provider]
-    if name not in metrics.available_providers():
-        raise UsageError(f"onnxruntime on this machine has no {name}")
-    loaded = [modelio.load(m) for m in models]
-    timings = metrics.latency(loaded, batch=batch, runs=runs, warmup=warmup, threads=threads,
-                              provider=name)
+    timings = api.bench(models, batch=batch, runs=runs, warmup=warmup, threads=threads,
+                        provider=name)
     base = timings[0].median_ms
     rows = [(str(m), f"{t.median_ms:.3f}", f"{t.p90_ms:.3f}", f"{base / t.median_ms:.2f}x")
             for m, t in zip(models, timings, strict=True)]
@@ -238,28 +224,16 @@ def bench_command(models: tuple[Path, ...], runs: int, warmup: int, batch: int, 
     click.echo(f"({runs} runs, batch {batch}, {threads or 'all'} thread(s), {name})")
 
 
-def _check_paths(model: Path, out: Path, report: Path | None) -> None:
-    if out.resolve() == model.resolve():
-        raise UsageError(f"{out}: --out is the input model; choose another path")
-    if report is not None and report.resolve() in (model.resolve(), out.resolve()):
-        raise UsageError(f"{report}: --report must differ from the model and --out")
-    for target in (out, report):
-        if target is not None and not target.parent.resolve().is_dir():
-            raise UsageError(f"{target}: the folder {target.parent} does not exist")
-        if target is not None and target.is_dir():
-            raise UsageError(f"{target}: is a folder, not a file path")
-
-
-def _before_after(report: dict[str, Any]) -> str:
+def _before_after(summary: dict[str, Any]) -> str:
     rows = []
     for key, label in (("params", "params"), ("nonzero_weights", "non-zero weights"),
                        ("flops", "FLOPs"), ("bytes", "file bytes")):
-        before, after = report["before"][key], report["after"][key]
+        before, after = summary["before"][key], summary["after"][key]
         rows.append((label, f"{before:,}", f"{after:,}", f"{after / max(before, 1):.3f}"))
-    g = report["groups"]
+    g = summary["groups"]
     return (_table(("", "before", "after", "kept"), rows)
             + f"\ngroups: {g['pruned']} pruned of {g['total']} ({g['blocked']} blocked)"
-            + f"\nwrote {report['output']}")
+            + f"\nwrote {summary['output']}")
 
 
 def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
@@ -273,6 +247,8 @@ def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
 def run() -> None:
     """Entry point: run the command; print OnnxPruneError as one line and exit with 2."""
     G_LOGGER.severity = G_LOGGER.ERROR  # graphsurgeon warns on stdout, which carries our JSON
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _exit_on_signal)
     try:
         main(standalone_mode=False)
     except OnnxPruneError as e:
@@ -286,3 +262,8 @@ def run() -> None:
     except click.exceptions.Abort:
         click.echo("Aborted.", err=True)
         sys.exit(1)
+
+
+def _exit_on_signal(signum: int, frame: object) -> None:
+    """SIGTERM and SIGHUP end the run like Ctrl-C: temporary files are removed on the way out."""
+    raise SystemExit(128 + signum)

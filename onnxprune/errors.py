@@ -3,6 +3,8 @@
 The CLI prints ``str(error)`` and exits with code 2 for every :class:`OnnxPruneError`.
 """
 
+import math
+
 
 class OnnxPruneError(Exception):
     """Base class of every error onnxprune raises on purpose."""
@@ -30,3 +32,14 @@ class PassError(OnnxPruneError):
 
 class VerificationError(OnnxPruneError):
     """The written model does not behave like the one it was derived from."""
+
+
+class TrainingError(OnnxPruneError):
+    """Training diverged: the loss or the weights are no longer finite."""
+
+
+def require_finite(**values: float | None) -> None:
+    """Refuse NaN and infinite option values, naming the option as the CLI spells it."""
+    for name, value in values.items():
+        if value is not None and not math.isfinite(value):
+            raise UsageError(f"--{name.replace('_', '-')} must be a finite number, got {value}")

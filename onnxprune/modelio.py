@@ -7,8 +7,9 @@ everything between load and save works on ``onnx_graphsurgeon.Graph``.
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ import onnxruntime as ort
 from google.protobuf.message import DecodeError
 
 from onnxprune.errors import InvalidModelError, UnsupportedModelError
+from onnxprune.limits import check_tensor
 
 MIN_OPSET = 9
 ModelLike = str | os.PathLike | onnx.ModelProto
@@ -42,9 +44,11 @@ def load(source: ModelLike) -> onnx.ModelProto:
             raise InvalidModelError(f"{path}: no such file")
         if not path.is_file():
             raise InvalidModelError(f"{path}: not a file")
+        _check_external_files(path)
         try:
             model = onnx.load(str(path))
-        except (DecodeError, RuntimeError, ValueError, OSError) as e:
+        except (DecodeError, RuntimeError, ValueError, OSError,
+                onnx.checker.ValidationError) as e:
             raise InvalidModelError(f"{path}: not a readable ONNX model ({_first_line(e)})") from e
     if not model.graph.node or not model.opset_import:
         raise InvalidModelError(f"{where}: not an ONNX model (no graph nodes or no opset)")
@@ -61,6 +65,40 @@ def load(source: ModelLike) -> onnx.ModelProto:
     _drop_initializer_inputs(model)
     _densify_sparse(model)
     return infer_shapes(model)
+
+
+def external_files(path: str | os.PathLike) -> list[Path]:
+    """The external-data files the model at ``path`` refers to ([] when it cannot be read)."""
+    path = Path(path)
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except (DecodeError, RuntimeError, ValueError, OSError):
+        return []  # load says what is wrong with it
+    locations = {entry.value for tensor in _tensors(model.graph) for entry in tensor.external_data
+                 if entry.key == "location"}
+    return [path.parent / name for name in sorted(locations)]
+
+
+def _check_external_files(path: Path) -> None:
+    """Refuse external data that is missing or lies outside the model's folder, naming it."""
+    folder = path.resolve().parent
+    for data in external_files(path):
+        if not data.resolve().is_relative_to(folder):
+            raise InvalidModelError(f"{path}: its external data '{data}' lies outside the "
+                                    "model's folder (onnx refuses to read it)")
+        if not data.is_file():
+            raise InvalidModelError(f"{path}: its external data file {data} is missing")
+
+
+def _tensors(graph: onnx.GraphProto) -> list[onnx.TensorProto]:
+    """Every tensor a graph stores: initializers and tensor attributes, subgraphs included."""
+    found = list(graph.initializer)
+    for node in graph.node:
+        for attribute in node.attribute:
+            found.extend([attribute.t] if attribute.HasField("t") else attribute.tensors)
+            for sub in ([attribute.g] if attribute.HasField("g") else attribute.graphs):
+                found.extend(_tensors(sub))
+    return found
 
 
 def opset_version(model: onnx.ModelProto) -> int:
@@ -147,22 +185,45 @@ def session(model: onnx.ModelProto, *, threads: int = 0, optimize: bool = False,
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
-    options.log_severity_level = 3
+    options.log_severity_level = 4  # failures are raised with their message, not logged
     if not optimize:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    return ort.InferenceSession(model.SerializeToString(), options,
-                                providers=providers or ["CPUExecutionProvider"])
+    try:
+        return ort.InferenceSession(model.SerializeToString(), options,
+                                    providers=providers or ["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime's own error types derive from Exception only
+        raise UnsupportedModelError(f"onnxruntime cannot load the model: {_first_line(e)}") from e
 
 
 def run(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
     """Run ``model`` once in onnxruntime (no graph optimisations) and return its outputs."""
-    return session(model).run(None, dict(feeds))
+    return run_session(session(model), feeds)
+
+
+def run_session(opened: ort.InferenceSession,
+                feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+    """Run an open session on ``feeds``; onnxruntime's failures become one-line errors."""
+    quiet = ort.RunOptions()
+    quiet.log_severity_level = 4  # the failure is raised below, not logged on stderr too
+    try:
+        return opened.run(None, dict(feeds), quiet)
+    except Exception as e:  # onnxruntime's own error types derive from Exception only
+        raise UnsupportedModelError(f"onnxruntime cannot run the model: {_first_line(e)}") from e
 
 
 def input_specs(model: onnx.ModelProto) -> list[tuple[str, list[int | str], np.dtype]]:
     """Return (name, shape, numpy dtype) of each graph input; symbolic dims stay strings."""
+    return _specs(model.graph.input)
+
+
+def output_specs(model: onnx.ModelProto) -> list[tuple[str, list[int | str], np.dtype]]:
+    """Return (name, shape, numpy dtype) of each graph output; symbolic dims stay strings."""
+    return _specs(model.graph.output)
+
+
+def _specs(values: Sequence[onnx.ValueInfoProto]) -> list[tuple[str, list[int | str], np.dtype]]:
     specs = []
-    for value in model.graph.input:
+    for value in values:
         tensor_type = value.type.tensor_type
         shape: list[int | str] = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
                                   for d in tensor_type.shape.dim]
@@ -178,6 +239,7 @@ def random_inputs(model: onnx.ModelProto, *, batch: int = 2,
     feeds = {}
     for name, shape, dtype in input_specs(model):
         dims = [d if isinstance(d, int) and d > 0 else batch for d in shape]
+        check_tensor(dims, dtype, f"random inputs for '{name}' at batch {batch}")
         if np.issubdtype(dtype, np.floating):
             feeds[name] = rng.standard_normal(dims).astype(dtype)
         else:
@@ -197,11 +259,19 @@ def save(model: onnx.ModelProto, path: str | os.PathLike) -> int:
 
 
 def _atomic_write(data: bytes, target: Path) -> None:
+    """Write to a temporary file beside ``target``, then rename it over ``target``.
+
+    An existing file keeps its mode; a new one gets the umask's. The temporary file is removed
+    on any exception, KeyboardInterrupt and SystemExit included (the CLI turns SIGTERM and
+    SIGHUP into SystemExit), so an interrupted save leaves nothing behind.
+    """
+    mode = (stat.S_IMODE(target.stat().st_mode) if target.is_file()
+            else 0o666 & ~_umask())  # mkstemp's 0600 would otherwise survive the rename
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would otherwise survive the rename
+        os.chmod(tmp, mode)
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -255,4 +325,9 @@ def _first_line(error: Exception) -> str:
 
 def save_text(text: str, path: str | os.PathLike) -> None:
     """Write ``text`` to ``path`` atomically (a temporary file renamed over it)."""
-    _atomic_write(text.encode(), Path(path))
+    save_bytes(text.encode(), path)
+
+
+def save_bytes(data: bytes, path: str | os.PathLike) -> None:
+    """Write ``data`` to ``path`` atomically (a temporary file renamed over it)."""
+    _atomic_write(data, Path(path))

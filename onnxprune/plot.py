@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Sequence
 from typing import Any
 
+from onnxprune import modelio
 from onnxprune.errors import UsageError
 
 
@@ -64,9 +66,7 @@ def plot_rounds(report: dict[str, Any], path: str | os.PathLike) -> None:
     right.set_xticks(list(positions), names, rotation=90, fontsize=6)
     right.set_ylabel("channels")
     right.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    _save(figure, path)
 
 
 def plot_stages(stages: Sequence[dict[str, Any]], path: str | os.PathLike) -> None:
@@ -90,6 +90,23 @@ def plot_stages(stages: Sequence[dict[str, Any]], path: str | os.PathLike) -> No
     axis.set_xlabel(label)
     axis.set_ylabel(f"validation {key}")
     axis.grid(True, alpha=0.3)
+    _save(figure, path)
+
+
+def draw(report: dict[str, Any], path: str | os.PathLike) -> None:
+    """Draw the rounds or the stages a run's report records into ``path``."""
+    if "rounds" in report:
+        plot_rounds(report, path)
+    elif "stages" in report:
+        plot_stages(report["stages"], path)
+    else:
+        raise UsageError(f"--plot: method '{report['method']}' records no stages or rounds")
+
+
+def _save(figure: Any, path: str | os.PathLike) -> None:
+    """Write ``figure`` as a PNG atomically (whole or not at all)."""
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=120)
+    _pyplot().close(figure)
+    modelio.save_bytes(buffer.getvalue(), path)

@@ -8,6 +8,8 @@ written model, and which channel groups were pruned or blocked and why.
 
 from __future__ import annotations
 
+import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -68,3 +70,18 @@ def summary(model: onnx.ModelProto, source: modelio.ModelLike | None = None) -> 
                                    else modelio.store_sparse(model))
     return {"params": params, "flops": flops, "bytes": size,
             "nonzero_weights": metrics.nonzero_weights(graph)}
+
+
+def to_json(data: Any) -> str:
+    """``data`` as strict JSON: NaN and infinities (which JSON lacks) become null."""
+    return json.dumps(_finite(data), indent=2, allow_nan=False) + "\n"
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value

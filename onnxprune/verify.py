@@ -4,7 +4,7 @@ Three checks, each raising :class:`~onnxprune.errors.VerificationError` with one
 
 * :func:`check_model`: the full ONNX checker passes and onnxruntime opens the model;
 * :func:`check_runs`: on the same seeded input, the pruned model's outputs keep the original's
-  shapes and are finite;
+  shapes and are finite wherever the original's are;
 * :func:`shadow_parity`: how far the shadow (what retraining trains) is from onnxruntime on the
   written model, for the report (the design's first invariant, measured on the user's model).
 """
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import onnx_graphsurgeon as gs
 import torch
 
 from onnxprune import modelio
@@ -32,12 +33,30 @@ def check_model(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def check_runs(before: onnx.ModelProto, after: onnx.ModelProto) -> None:
-    """Run both models on the same input; ``after``'s outputs must keep their shapes, finite."""
+    """Run both models on one seeded input and compare what must not change.
+
+    ``after``'s outputs keep their shapes, and stay finite where ``before``'s are all finite
+    (a model whose own output holds NaN, a Log of negatives say, may move them), and
+    ``after``'s weights are finite when ``before``'s are (training can diverge).
+    """
     feeds = modelio.random_inputs(before, batch=2)
-    for a, b in zip(modelio.run(before, feeds), modelio.run(after, feeds), strict=True):
-        if a.shape != b.shape or not np.all(np.isfinite(b)):
-            raise VerificationError(f"the pruned model's output changed shape {a.shape} -> "
-                                    f"{b.shape} or is not finite")
+    names = [name for name, _, _ in modelio.output_specs(after)]
+    expected = modelio.run(before, feeds)
+    try:
+        got = modelio.run(after, feeds)
+    except UnsupportedModelError as e:  # it ran before, so the prune broke it
+        raise VerificationError(f"the pruned model fails in onnxruntime ({e})") from e
+    for name, a, b in zip(names, expected, got, strict=True):
+        if a.shape != b.shape:
+            raise VerificationError(f"the pruned model's output '{name}' has shape {b.shape} "
+                                    f"where the original's has {a.shape}")
+        if np.isfinite(a).all() and not np.isfinite(b).all():
+            raise VerificationError(f"the pruned model's output '{name}' has "
+                                    f"{int((~np.isfinite(b)).sum())} NaN or infinite values "
+                                    "where the original's are all finite")
+    if _nonfinite_weights(before) == 0 and _nonfinite_weights(after) > 0:
+        raise VerificationError(f"the pruned model has {_nonfinite_weights(after)} NaN or "
+                                "infinite weights (did training diverge? try a lower --lr)")
 
 
 def shadow_parity(model: onnx.ModelProto, val: Dataset | None) -> float | None:
@@ -61,3 +80,10 @@ def shadow_parity(model: onnx.ModelProto, val: Dataset | None) -> float | None:
         got = shadow(*(torch.from_numpy(v) for v in feeds.values()))
     got = got if isinstance(got, tuple) else (got,)
     return float(max(np.abs(e - g.numpy()).max() for e, g in zip(expected, got, strict=True)))
+
+
+def _nonfinite_weights(model: onnx.ModelProto) -> int:
+    """How many values of ``model``'s float initializers are NaN or infinite."""
+    return sum(int((~np.isfinite(t.values)).sum())
+               for t in modelio.to_graph(model).tensors().values()
+               if isinstance(t, gs.Constant) and np.asarray(t.values).dtype.kind == "f")

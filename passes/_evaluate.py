@@ -11,7 +11,8 @@ from collections.abc import Mapping
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
-import onnxruntime as ort
+
+from onnxprune import modelio
 
 
 def evaluate(graph: gs.Graph, feeds: Mapping[str, np.ndarray],
@@ -44,10 +45,6 @@ def evaluate_node(op: str, attrs: Mapping[str, object], inputs: list[np.ndarray]
 def _run(graph: gs.Graph, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
     model = gs.export_onnx(graph)
     model.ir_version = min(model.ir_version, onnx.IR_VERSION)
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.log_severity_level = 3
-    session = ort.InferenceSession(model.SerializeToString(), options,
-                                   providers=["CPUExecutionProvider"])
+    session = modelio.session(model)
     wanted = {i.name for i in session.get_inputs()}
-    return session.run(None, {k: v for k, v in feeds.items() if k in wanted})
+    return modelio.run_session(session, {k: v for k, v in feeds.items() if k in wanted})

@@ -7,7 +7,9 @@ from typing import Any
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from onnxprune.errors import UnsupportedModelError
 from onnxprune.graph import constant_value, replace_tensor
+from onnxprune.limits import check_tensor
 from onnxprune.passes._base import Pass, PassResult
 
 
@@ -62,6 +64,8 @@ def _folded_value(node: gs.Node) -> np.ndarray | None:
             return None
         fill = node.attrs.get("value")
         fill_values = np.asarray(fill.values) if fill is not None else np.zeros(1, np.float32)
+        check_tensor(shape.reshape(-1), fill_values.dtype, f"ConstantOfShape node '{node.name}'",
+                     error=UnsupportedModelError)
         return np.full(tuple(int(d) for d in shape), fill_values.reshape(-1)[0], fill_values.dtype)
     if node.op == "Identity":  # rule 3
         return constant_value(node.inputs[0])

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import shutil
+import subprocess
+import sys
 from functools import cache
 from pathlib import Path
 
@@ -18,7 +22,8 @@ from onnxprune.analysis.groups import ChannelGroup
 from onnxprune.plan import Plan
 
 ROOT = Path(__file__).resolve().parents[1]
-SAMPLES = sorted((ROOT / "sample_models").glob("*.onnx"))
+SAMPLE_DIR = ROOT / "sample_models"
+SAMPLES = sorted(SAMPLE_DIR.glob("*.onnx"))
 MNIST = ROOT.parent / "shared" / "data" / "mnist"
 
 
@@ -108,3 +113,33 @@ def max_diff(a: list[np.ndarray], b: list[np.ndarray]) -> float:
 def sample(request: pytest.FixtureRequest) -> Path:
     """Each sample model's path."""
     return request.param
+
+
+# -- the console script, driven as a user types it --------------------------------------------
+def _console_script() -> Path | None:
+    beside = Path(sys.executable).parent / "onnxprune"
+    if beside.exists():
+        return beside
+    found = shutil.which("onnxprune")
+    return Path(found) if found else None
+
+
+EXE = _console_script()
+NEEDS_EXE = pytest.mark.skipif(EXE is None, reason="the onnxprune console script is not installed")
+
+
+def cli(*args: object, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """Run ``onnxprune ARGS`` in ``cwd`` and return the finished process."""
+    return subprocess.run([str(EXE), *map(str, args)], cwd=cwd, capture_output=True, text=True,
+                          timeout=120, check=False)
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    """Every file under ``folder`` (hidden ones included) with its sha256."""
+    return {str(p.relative_to(folder)): sha256(p) for p in sorted(folder.rglob("*")) if p.is_file()}
+
+

@@ -38,7 +38,7 @@ import torch
 import yaml
 
 from onnxprune import metrics
-from onnxprune.errors import UsageError
+from onnxprune.errors import UsageError, require_finite
 from onnxprune.methods.budget import Budget, plan_for_budget
 from onnxprune.methods.filters import Filters
 from onnxprune.methods.registry import Context, register
@@ -69,6 +69,8 @@ class AdmmOptions:
             raise UsageError(f"--granularity must be weight or filter, got {self.granularity}")
         if not 0 < self.sparsity < 1:
             raise UsageError(f"--sparsity must be in (0, 1), got {self.sparsity}")
+        require_finite(tolerance=self.tolerance, rho=self.rho, rho_growth=self.rho_growth,
+                       admm_lr=self.admm_lr, retrain_lr=self.retrain_lr)
 
 
 def project(w: torch.Tensor, keep: int) -> torch.Tensor:
@@ -142,12 +144,17 @@ class Admm:
     """Progressive ADMM pruning of individual weights to ``sparsity``."""
 
     name: str
+    records = "stages"
     trains = True
     options: frozenset[str] = frozenset(AdmmOptions.__dataclass_fields__)
 
     def run(self, ctx: Context) -> Plan:
         """Train with ADMM stage by stage; return the trained, masked weights."""
         opts = AdmmOptions(**ctx.options)
+        if opts.granularity == "weight" and ctx.budget != Budget():
+            raise UsageError("admm at weight level zeroes single weights and keeps every "
+                             "channel, so it cannot meet --max-flops or --max-params; give "
+                             "--sparsity, or --granularity filter with --max-flops")
         # BatchNorm re-inserted for training (TrainConfig.batchnorm) keeps filter pruning of
         # folded-BN networks from diverging; weight-level ADMM on LeNet-5 did better without
         # it (benchmarks/admm_lenet_mnist.py: 0.05 against 0.40 points lost at 31x).

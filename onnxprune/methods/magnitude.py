@@ -32,6 +32,7 @@ class Magnitude:
     """Global L1-norm filter pruning to a FLOPs or parameter budget (no retraining)."""
 
     name: str
+    records = None
     options: frozenset[str] = frozenset()
 
     def run(self, ctx: Context) -> Plan:

@@ -44,7 +44,7 @@ from typing import Any
 import torch
 
 from onnxprune import metrics, modelio
-from onnxprune.errors import UsageError
+from onnxprune.errors import UsageError, require_finite
 from onnxprune.methods.budget import rounded_keep
 from onnxprune.methods.filters import Filters
 from onnxprune.methods.registry import Context, register
@@ -68,6 +68,8 @@ class PpOptions:
     final_epochs: int = 2
 
     def __post_init__(self) -> None:
+        require_finite(tolerance=self.tolerance, candidates=self.candidates,
+                       strength=self.strength, threshold=self.threshold)
         if self.tolerance < 0:
             raise UsageError(f"--tolerance must be >= 0 accuracy points, got {self.tolerance}")
         if not 0 < self.candidates <= 1:
@@ -144,6 +146,7 @@ class PlayAndPrune:
     """Play and Prune: remove filters round by round while accuracy stays within tolerance."""
 
     name: str
+    records = "rounds"
     trains = True
     needs_data = True
     options: frozenset[str] = frozenset(PpOptions.__dataclass_fields__)

@@ -45,11 +45,14 @@ class Context:
 class Method(Protocol):
     """A pruning method: reads a context, returns a plan; it never edits the graph.
 
-    ``options`` names the keyword options the method reads from ``Context.options``.
+    ``options`` names the keyword options the method reads from ``Context.options``;
+    ``records`` names the per-step log it leaves in ``Plan.log`` for ``--plot`` ("stages",
+    "rounds"), or is None when it leaves none.
     """
 
     name: str
     options: frozenset[str]
+    records: str | None
 
     def run(self, ctx: Context) -> Plan:
         """Decide what to prune."""

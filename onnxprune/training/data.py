@@ -124,6 +124,12 @@ def input_spec(model: onnx.ModelProto) -> InputSpec:
     return InputSpec(name, tuple(shape), dtype)
 
 
+def class_count(model: onnx.ModelProto) -> int | None:
+    """The classes a classifier scores: its first output's static dim 1, when 2-D."""
+    _, shape, _ = modelio.output_specs(model)[0]
+    return shape[1] if len(shape) == 2 and isinstance(shape[1], int) and shape[1] > 0 else None
+
+
 def load_data(source: Any, spec: InputSpec, *, input_size: tuple[int, int] | None = None,
               mean: list[float] | None = None, std: list[float] | None = None) -> Dataset:
     """Load ``source`` into a Dataset whose inputs have the dtype of the model input ``spec``.
@@ -207,16 +213,28 @@ def synthetic(spec: InputSpec, n: int = 512, seed: int = 0, *,
     return Dataset(x.astype(dtype, copy=False), None, source="synthetic inputs")
 
 
-def check(data: Dataset, spec: InputSpec) -> None:
-    """Check that ``data`` fits the model input ``spec`` before training.
+def check(data: Dataset, spec: InputSpec, classes: int | None = None) -> None:
+    """Check that ``data`` fits the model input ``spec`` (and its ``classes``) before use.
 
-    The model input must be float (a Dataset's inputs are float by construction) and the data
-    must match every non-batch dim the spec fixes.
+    The model input must be float (a Dataset's inputs are float by construction), the data
+    must hold at least one sample, every input value must be finite, the data must match every
+    non-batch dim the spec fixes, and labels must lie in ``[0, classes)`` when that is known.
 
     Raises:
-        UsageError: One line naming the data, its shape and the shape the model expects.
+        UsageError: One line naming the data and what is wrong with it.
     """
     _float_dtype(spec)
+    if not len(data):
+        raise UsageError(f"{data.source}: holds no samples")
+    finite = np.isfinite(data.x).reshape(len(data), -1).all(axis=1)
+    if not finite.all():
+        raise UsageError(f"{data.source}: {int((~finite).sum())} of {len(data)} inputs hold NaN "
+                         f"or infinite values (the first is sample {int(np.argmin(finite))})")
+    if data.y is not None and classes is not None and len(data.y):
+        low, high = int(data.y.min()), int(data.y.max())
+        if low < 0 or high >= classes:
+            raise UsageError(f"{data.source}: labels run from {low} to {high}, but the model "
+                             f"scores {classes} classes (labels 0 to {classes - 1})")
     actual, expected = data.x.shape, spec.shape
     if expected and (len(actual) != len(expected) or any(
             isinstance(e, int) and e != a for e, a in zip(expected[1:], actual[1:], strict=True))):
@@ -286,8 +304,10 @@ def _normalise(x: np.ndarray, mean: list[float] | None, std: list[float] | None,
             raise UsageError(f"{option} has {len(v)} values but {where} has {x.shape[1]} "
                              "channels (axis 1)")
         stats.append(v.reshape((1, -1) + (1,) * (x.ndim - 2)))
-    if (stats[1] <= 0).any():
-        raise UsageError(f"--std must be positive, got {std}")
+    if not np.isfinite(stats[0]).all():
+        raise UsageError(f"--mean must be finite numbers, got {mean}")
+    if not (np.isfinite(stats[1]) & (stats[1] > 0)).all():
+        raise UsageError(f"--std must be positive finite numbers, got {std}")
     return (x - stats[0]) / stats[1]
 
 

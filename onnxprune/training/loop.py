@@ -9,6 +9,7 @@ optimiser step, a decision at the end of each epoch.
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from collections.abc import Sequence
@@ -22,7 +23,7 @@ from torch import nn
 from tqdm import tqdm
 
 from onnxprune import modelio
-from onnxprune.errors import UsageError
+from onnxprune.errors import TrainingError, UsageError
 from onnxprune.training.data import Dataset
 
 
@@ -46,8 +47,12 @@ class TrainConfig:
             raise UsageError(f"--device must be cpu or cuda, got {self.device}")
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise UsageError("--device cuda: torch sees no CUDA device on this machine")
-        if self.epochs < 0 or self.lr <= 0 or self.batch_size < 1:
-            raise UsageError("--epochs must be >= 0, --lr > 0 and --batch-size >= 1")
+        if self.epochs < 0 or self.batch_size < 1:
+            raise UsageError("--epochs must be >= 0 and --batch-size >= 1")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise UsageError(f"--lr must be a positive number, got {self.lr}")
+        if self.seed < 0:
+            raise UsageError(f"--seed must be >= 0, got {self.seed}")
 
 
 class Hooks:
@@ -113,6 +118,9 @@ def train(model: nn.Module, data: Dataset, config: TrainConfig, *,
             bar.set_postfix(epoch=epoch + 1, loss=f"{total / count:.4f}",
                             samples_s=f"{count / (time.perf_counter() - start):.0f}")
         history.append(total / max(count, 1))
+        if not math.isfinite(history[-1]):
+            raise TrainingError(f"training diverged: the loss is {history[-1]} in epoch "
+                                f"{epoch + 1}; try a lower --lr (it is {config.lr})")
         for hook in hooks:
             hook.end_epoch(model, epoch)
     bar.close()
@@ -143,7 +151,7 @@ def predict(model: nn.Module | onnx.ModelProto, data: Dataset,
         session = modelio.session(model, optimize=True)
         name = session.get_inputs()[0].name
         for x, _ in data.batches(batch_size):
-            outputs.append(session.run(None, {name: x.numpy()})[0])
+            outputs.append(modelio.run_session(session, {name: x.numpy()})[0])
     else:
         device = next(model.parameters()).device
         model.eval()

@@ -47,25 +47,29 @@ class Prepared:
 
 
 def prepare(model: onnx.ModelProto, options: DataOptions, *, needs_training: bool) -> Prepared:
-    """Load, check and split the data for ``model``; synthetic inputs when there is none."""
+    """Load, check and split the data for ``model``; synthetic inputs when there is none.
+
+    Without data and without training nothing is read, so a model whose inputs onnxprune
+    could not train on (several inputs, integers) is still pruned.
+    """
+    if options.data is None and options.val_data is None and not needs_training:
+        return Prepared(None, None)
     spec = datasets.input_spec(model)
     if options.data is None:
         if options.val_data is not None:
-            val = _load(options.val_data, spec, options)
-            return Prepared(None, val)
-        if not needs_training:
-            return Prepared(None, None)
+            return Prepared(None, _load(options.val_data, spec, model, options))
         train_set, val = datasets.split(datasets.synthetic(spec))
         return Prepared(train_set, val, synthetic=True, warnings=[SYNTHETIC_WARNING])
-    data = _load(options.data, spec, options)
+    data = _load(options.data, spec, model, options)
     if options.val_data is not None:
-        return Prepared(data, _load(options.val_data, spec, options))
+        return Prepared(data, _load(options.val_data, spec, model, options))
     train_set, val = datasets.split(data)
     return Prepared(train_set, val)
 
 
-def _load(source: Any, spec: datasets.InputSpec, options: DataOptions) -> datasets.Dataset:
+def _load(source: Any, spec: datasets.InputSpec, model: onnx.ModelProto,
+          options: DataOptions) -> datasets.Dataset:
     data = datasets.load_data(source, spec, input_size=options.input_size, mean=options.mean,
                               std=options.std)
-    datasets.check(data, spec)
+    datasets.check(data, spec, datasets.class_count(model))
     return data

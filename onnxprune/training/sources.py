@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 
 from onnxprune.errors import UsageError
+from onnxprune.limits import check_tensor
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 IMAGE_MODES = {1: "L", 3: "RGB"}  # channels of the model input -> Pillow mode
@@ -46,9 +47,23 @@ def read_npz(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
             if "x" not in arrays.files:
                 raise UsageError(f"{path}: no array 'x' (it holds: "
                                  f"{', '.join(arrays.files) or 'nothing'})")
+            names = ["x", "y"] if "y" in arrays.files else ["x"]
+            for name in names:
+                shape, dtype = _npy_header(arrays.zip, f"{name}.npy")
+                check_tensor(shape, dtype, f"{path}: array '{name}'")
             return arrays["x"], arrays["y"] if "y" in arrays.files else None
     except (OSError, ValueError, zipfile.BadZipFile) as e:
         raise UsageError(f"{path}: not a readable .npz file ({e})") from e
+
+
+def _npy_header(archive: zipfile.ZipFile, member: str) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype an ``.npy`` member of an archive claims, read from its header alone."""
+    with archive.open(member) as f:
+        version = np.lib.format.read_magic(f)
+        read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                else np.lib.format.read_array_header_2_0)
+        shape, _, dtype = read(f)
+    return shape, dtype
 
 
 def read_images(folder: Path, channels: int, height: int,

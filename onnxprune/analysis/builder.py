@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxprune.analysis.groups import ChannelGroup, Seg, ShapeEdit, Slice
+from onnxprune.analysis.groups import ChannelGroup, CountEdit, Seg, Slice, lcm
 from onnxprune.graph import constant_value
 
 
@@ -29,8 +29,9 @@ class _Draft:
     order: int
     slices: dict[str, list[Slice]] = field(default_factory=lambda: defaultdict(list))
     depthwise: list[str] = field(default_factory=list)
-    reshapes: list[ShapeEdit] = field(default_factory=list)
+    counts: list[CountEdit] = field(default_factory=list)
     blocked: list[str] = field(default_factory=list)
+    blocks: int = 1
 
 
 class GroupBuilder:
@@ -72,8 +73,9 @@ class GroupBuilder:
         for role, items in gone.slices.items():
             keep.slices[role].extend(items)
         keep.depthwise.extend(gone.depthwise)
-        keep.reshapes.extend(gone.reshapes)
+        keep.counts.extend(gone.counts)
         keep.blocked.extend(gone.blocked)
+        keep.blocks = lcm(keep.blocks, gone.blocks)
         self._parent[rb] = ra
 
     def add(self, gid: int, role: str, item: Slice) -> None:
@@ -84,9 +86,14 @@ class GroupBuilder:
         """Record a depthwise Conv whose ``group`` attribute counts this group's channels."""
         self._drafts[self.find(gid)].depthwise.append(node.name)
 
-    def add_reshape(self, gid: int, edit: ShapeEdit) -> None:
-        """Record a Reshape shape entry that must shrink with this group."""
-        self._drafts[self.find(gid)].reshapes.append(edit)
+    def add_count(self, gid: int, edit: CountEdit) -> None:
+        """Record an operand entry (a shape, size, bound or ``group``) that counts channels."""
+        self._drafts[self.find(gid)].counts.append(edit)
+
+    def require_blocks(self, gid: int, blocks: int) -> None:
+        """Require group ``gid`` to lose channels evenly from each of ``blocks`` equal parts."""
+        draft = self._drafts[self.find(gid)]
+        draft.blocks = lcm(draft.blocks, blocks)
 
     def size(self, gid: int) -> int:
         """Return the number of channels of group ``gid``."""
@@ -126,6 +133,9 @@ class GroupBuilder:
         for gid, draft in enumerate(self._drafts):
             if self.find(gid) != gid:
                 continue
+            if draft.size % draft.blocks:
+                draft.blocked.append(f"grouped Convs need {draft.blocks} equal parts of "
+                                     f"{draft.size} channels")
             reasons = list(dict.fromkeys(draft.blocked))
             groups.append(ChannelGroup(
                 id=draft.first_node,
@@ -134,8 +144,9 @@ class GroupBuilder:
                 passengers=tuple(draft.slices["passenger"]),
                 consumers=tuple(draft.slices["consumer"]),
                 depthwise=tuple(draft.depthwise),
-                reshapes=tuple(draft.reshapes),
+                counts=tuple(draft.counts),
                 blocked="; ".join(reasons) if reasons else None,
+                blocks=draft.blocks,
             ))
         return groups
 
@@ -156,8 +167,6 @@ class GroupBuilder:
             for items in draft.slices.values():
                 for s in items:
                     users[s.initializer].add(self.find(gid))
-            for e in draft.reshapes:
-                users[e.initializer].add(self.find(gid))
         tensors = self.graph.tensors()
         for name, gids in users.items():
             readers = sorted({n.name for n in tensors[name].outputs})

@@ -16,7 +16,16 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxprune.analysis.builder import GroupBuilder
-from onnxprune.analysis.groups import Seg, ShapeEdit, Slice, scale, shift
+from onnxprune.analysis.common import (
+    add_runs,
+    attr_or_input,
+    channel_span,
+    rank,
+    run_count,
+    run_slice,
+)
+from onnxprune.analysis.groups import Seg, Slice
+from onnxprune.analysis.positions import concat, flatten, reshape, slice_, split, transpose
 from onnxprune.graph import attr, input_or_none
 
 Handler = Callable[[GroupBuilder, gs.Node], None]
@@ -24,26 +33,8 @@ Handler = Callable[[GroupBuilder, gs.Node], None]
 
 # -- shared steps ---------------------------------------------------------------------------
 
-def _rank(tensor: gs.Tensor) -> int | None:
-    return len(tensor.shape) if tensor.shape is not None else None
-
-
-def _dims_after_channel(tensor: gs.Tensor) -> int | None:
-    """Product of the static dimensions after axis 1, or None when any is unknown."""
-    if tensor.shape is None or len(tensor.shape) < 2:
-        return None
-    size = 1
-    for d in tensor.shape[2:]:
-        if not isinstance(d, int) or d <= 0:
-            return None
-        size *= d
-    return size
-
-
 def _consume(b: GroupBuilder, node: gs.Node, weight: gs.Tensor, axis: int) -> None:
-    for s in b.layout(node.inputs[0]) or []:
-        if s.gid is not None:
-            b.add(s.gid, "consumer", Slice(weight.name, node.name, axis, s.offset, s.stride))
+    add_runs(b, b.layout(node.inputs[0]) or [], "consumer", weight, node, axis)
 
 
 def _produce(b: GroupBuilder, node: gs.Node, size: int,
@@ -61,36 +52,25 @@ def _pass_through(b: GroupBuilder, node: gs.Node) -> None:
         b.set_layout(node.outputs[0], segs)
 
 
-def _attr_or_input(b: GroupBuilder, node: gs.Node, name: str) -> np.ndarray | None:
-    """An operand given as attribute ``name`` (old opsets) or as constant input 1 (new)."""
-    value = attr(node, name)
-    if value is None and len(node.inputs) > 1:
-        value = b.constant(node.inputs[1])
-    return None if value is None else np.ravel(value)
-
-
-def _channel_span(segs: list[Seg]) -> int:
-    return sum(s.span for s in segs)
-
-
 def _constant_operand(b: GroupBuilder, node: gs.Node, const: gs.Tensor, segs: list[Seg],
                       out_rank: int | None) -> bool:
     """Record a broadcast constant operand as neutral or as a per-channel passenger.
 
-    Returns False when the constant neither broadcasts over the channels nor has one entry per
-    channel position, in which case the caller blocks.
+    A one-element constant (shape ``()``, ``(1,)``, ``(1, 1, 1, 1)``, ...) is neutral whatever
+    the ranks. Returns False when the constant neither broadcasts over the channels nor has
+    one entry per channel position (or the rank that aligns it is unknown): the caller blocks.
     """
     values = b.constant(const)
+    if values is not None and values.size == 1:
+        return True
     if values is None or out_rank is None:
         return False
     axis = values.ndim - (out_rank - 1)
     if axis < 0 or values.shape[axis] == 1:
         return True
-    if values.shape[axis] != _channel_span(segs):
+    if values.shape[axis] != channel_span(segs):
         return False
-    for s in segs:
-        if s.gid is not None:
-            b.add(s.gid, "passenger", Slice(const.name, node.name, axis, s.offset, s.stride))
+    add_runs(b, segs, "passenger", const, node, axis)
     return True
 
 
@@ -100,7 +80,9 @@ def conv(b: GroupBuilder, node: gs.Node) -> None:
     """Conv: consumes input channels on weight axis 1, produces output channels on axis 0.
 
     A depthwise Conv (one filter per input channel) passes its input's group through, with
-    its kernel and bias as passengers. Any other grouped Conv blocks.
+    its kernel and bias as passengers and its ``group`` attribute counting the channels. A
+    Conv of ``G`` groups reads input block ``g`` with filter block ``g`` only: its input
+    (one whole group) and its output group each lose channels evenly from ``G`` parts.
     """
     weight, bias = node.inputs[1], input_or_none(node, 2)
     w = b.constant(weight)
@@ -110,23 +92,39 @@ def conv(b: GroupBuilder, node: gs.Node) -> None:
     groups = int(attr(node, "group", 1))
     segs = b.layout(node.inputs[0])
     if groups > 1 and w.shape[1] == 1 and w.shape[0] == groups and segs is not None \
-            and _channel_span(segs) == groups:
+            and channel_span(segs) == groups:
+        add_runs(b, segs, "passenger", weight, node, 0)
+        if bias is not None:
+            add_runs(b, segs, "passenger", bias, node, 0)
         for s in segs:
             if s.gid is not None:
-                b.add(s.gid, "passenger", Slice(weight.name, node.name, 0, s.offset, s.stride))
-                if bias is not None:
-                    b.add(s.gid, "passenger", Slice(bias.name, node.name, 0, s.offset, s.stride))
                 b.add_depthwise(s.gid, node)
+                b.add_count(s.gid, run_count(s, node, "group", -1))
         b.set_layout(node.outputs[0], segs)
         return
     slices = [(weight, 0, False)] + ([(bias, 0, True)] if bias is not None else [])
     if groups > 1:
-        reason = f"grouped Conv '{node.name}' (group={groups}) ties channels in blocks"
-        b.block_inputs(node, reason)
-        b.block([Seg(_produce(b, node, w.shape[0], slices), 0, w.shape[0])], reason)
+        _grouped_input(b, node, segs or [], weight, groups)
+        b.require_blocks(_produce(b, node, w.shape[0], slices), groups)
         return
     _consume(b, node, weight, 1)
     _produce(b, node, w.shape[0], slices)
+
+
+def _grouped_input(b: GroupBuilder, node: gs.Node, segs: list[Seg], weight: gs.Tensor,
+                   groups: int) -> None:
+    """Record a grouped Conv's read of its input, which must be one whole group."""
+    tracked = [s for s in segs if s.gid is not None]
+    if not tracked:
+        return
+    (s, *rest) = segs
+    if rest or s.gid is None or s.offset or s.start or s.stride != 1 \
+            or s.length != b.size(s.gid):
+        b.block(segs, f"grouped Conv '{node.name}' (group={groups}) reads channels that are "
+                      "not one whole group")
+        return
+    b.add(s.gid, "consumer", run_slice(s, weight, node, 1, groups=groups))
+    b.require_blocks(s.gid, groups)
 
 
 def conv_transpose(b: GroupBuilder, node: gs.Node) -> None:
@@ -166,7 +164,7 @@ def matmul(b: GroupBuilder, node: gs.Node) -> None:
     """MatMul with a constant 2-D right operand on a rank-2 input: a Gemm without bias."""
     weight = node.inputs[1]
     w = b.constant(weight)
-    if w is None or w.ndim != 2 or _rank(node.inputs[0]) != 2:
+    if w is None or w.ndim != 2 or rank(node.inputs[0]) != 2:
         b.block_inputs(node, f"MatMul '{node.name}' is not a rank-2 product with constant weights")
         return
     _consume(b, node, weight, 0)
@@ -185,9 +183,7 @@ def normalization(b: GroupBuilder, node: gs.Node) -> None:
         b.block(segs, f"{node.op} '{node.name}' has run-time parameters or training outputs")
         return
     for t in params:
-        for s in segs:
-            if s.gid is not None:
-                b.add(s.gid, "passenger", Slice(t.name, node.name, 0, s.offset, s.stride))
+        add_runs(b, segs, "passenger", t, node, 0)
     b.set_layout(node.outputs[0], segs)
 
 
@@ -197,7 +193,7 @@ def elementwise(b: GroupBuilder, node: gs.Node) -> None:
     if not tracked:
         return
     base = tracked[0]
-    out_rank = _rank(node.outputs[0]) or _rank(node.inputs[0])
+    out_rank = rank(node.outputs[0], *[t for t in node.inputs if b.layout(t) is not None])
     for t in node.inputs:
         segs = b.layout(t)
         if segs is None:
@@ -218,75 +214,12 @@ def _merge(b: GroupBuilder, a: list[Seg], c: list[Seg]) -> bool:
     for x, y in zip(a, c, strict=True):
         if (x.gid is None) != (y.gid is None):
             b.block([x, y], "is added to channels that cannot be pruned")
+        elif x.gid is not None and y.gid is not None and x.start != y.start:
+            b.block([x, y], f"adds channels from {x.start} of one group to channels from "
+                            f"{y.start} of another (a part of a group is not merged)")
         elif x.gid is not None and y.gid is not None:
             b.union(x.gid, y.gid)
     return True
-
-
-def concat(b: GroupBuilder, node: gs.Node) -> None:
-    """Concat on the channel axis: each input's channels land at an offset of the output."""
-    if not any(b.layout(t) for t in node.inputs):
-        return
-    rank = _rank(node.outputs[0])
-    axis = int(attr(node, "axis", 1))
-    if rank is None or axis % rank != 1:
-        b.block_inputs(node, f"Concat '{node.name}' joins along axis {axis}, not the channels")
-        return
-    segs: list[Seg] = []
-    offset = 0
-    for t in node.inputs:
-        own = b.layout(t)
-        if own is None:
-            width = t.shape[1] if t.shape is not None and len(t.shape) > 1 else None
-            if not isinstance(width, int):
-                b.block_inputs(node, f"Concat '{node.name}' has an input of unknown width")
-                return
-            own = [Seg(None, 0, width)]
-        segs.extend(shift(own, offset))
-        offset += _channel_span(own)
-    b.set_layout(node.outputs[0], segs)
-
-
-def flatten(b: GroupBuilder, node: gs.Node) -> None:
-    """Flatten at axis 1: channel c of a (N, C, H, W) input becomes columns c*HW ... (c+1)*HW-1."""
-    segs = b.layout(node.inputs[0])
-    if segs is None:
-        return
-    inner = _dims_after_channel(node.inputs[0])
-    if int(attr(node, "axis", 1)) != 1 or inner is None:
-        b.block(segs, f"Flatten '{node.name}' does not flatten from the channel axis "
-                      "of a static shape")
-        return
-    b.set_layout(node.outputs[0], scale(segs, inner))
-
-
-def reshape(b: GroupBuilder, node: gs.Node) -> None:
-    """Reshape to (batch, -1 or C*H*W): a Flatten whose shape constant may need editing."""
-    segs = b.layout(node.inputs[0])
-    if segs is None:
-        return
-    target = b.constant(node.inputs[1])
-    inner = _dims_after_channel(node.inputs[0])
-    if target is None or inner is None or not _flattens(node, target, _channel_span(segs) * inner):
-        b.block(segs, f"Reshape '{node.name}' mixes channels with other axes")
-        return
-    flat = scale(segs, inner)
-    if int(target[1]) != -1:
-        for s in flat:
-            if s.gid is not None:
-                b.add_reshape(s.gid, ShapeEdit(node.inputs[1].name, node.name, 1, s.stride))
-    b.set_layout(node.outputs[0], flat)
-
-
-def _flattens(node: gs.Node, target: np.ndarray, width: int) -> bool:
-    """Whether a Reshape to ``target`` keeps the batch and folds everything else into axis 1."""
-    if target.shape != (2,):
-        return False
-    batch, rest = int(target[0]), int(target[1])
-    static_batch = [d for d in node.inputs[0].shape[:1] if isinstance(d, int)]
-    zero_is_literal = bool(attr(node, "allowzero", 0))
-    batch_ok = batch == -1 or batch in static_batch or (batch == 0 and not zero_is_literal)
-    return batch_ok and rest in (-1, width) and not batch == rest == -1
 
 
 def _keeps_channels_if(test: Callable[[GroupBuilder, gs.Node], bool], reason: str) -> Handler:
@@ -308,37 +241,60 @@ def _keeps_channels_if(test: Callable[[GroupBuilder, gs.Node], bool], reason: st
 
 def _reduces_spatial_axes(b: GroupBuilder, node: gs.Node) -> bool:
     """Reductions over spatial axes only keep channels apart."""
-    rank, axes = _rank(node.inputs[0]), _attr_or_input(b, node, "axes")
-    return rank is not None and axes is not None and not {int(a) % rank for a in axes} & {0, 1}
+    r, axes = rank(node.inputs[0]), attr_or_input(b, node, "axes")
+    return r is not None and axes is not None and not {int(a) % r for a in axes} & {0, 1}
 
 
 def _squeezes_spatial_axes(b: GroupBuilder, node: gs.Node) -> bool:
     """Squeeze / Unsqueeze of axes after the channel axis keep channels apart."""
-    rank = _rank(node.outputs[0] if node.op == "Unsqueeze" else node.inputs[0])
-    axes = _attr_or_input(b, node, "axes")
-    return rank is not None and axes is not None and min(int(a) % rank for a in axes) >= 2
+    r = rank(node.outputs[0] if node.op == "Unsqueeze" else node.inputs[0])
+    axes = attr_or_input(b, node, "axes")
+    return r is not None and axes is not None and min(int(a) % r for a in axes) >= 2
 
 
-def _resizes_spatial_axes(b: GroupBuilder, node: gs.Node) -> bool:
-    """Resize / Upsample with constant scales of 1 on batch and channels."""
+def resize(b: GroupBuilder, node: gs.Node) -> None:
+    """Resize / Upsample: constant scales of 1 on batch and channels keep channels apart.
+
+    Constant ``sizes`` (input 3) whose channel entry is the channel count keep them too,
+    and that entry counts the channels (it shrinks with them). Resize's ``axes`` (opset 18)
+    that leave out batch and channels keep them as well.
+    """
+    segs = b.layout(node.inputs[0])
+    if segs is None:
+        return
+    sizes_input = input_or_none(node, 3) if node.op == "Resize" else None
+    sizes = b.constant(sizes_input) if sizes_input is not None else None
+    axes, r = attr(node, "axes"), rank(node.inputs[0], node.outputs[0])
     scales = [v for t in node.inputs[1:] if t.name and (v := b.constant(t)) is not None
               and v.dtype.kind == "f" and v.size]
-    return bool(scales) and input_or_none(node, 3) is None and np.allclose(scales[0][:2], 1.0)
+    if axes is not None:
+        ok = r is not None and not {int(a) % r for a in axes} & {0, 1}  # type: ignore[attr-defined]
+    elif sizes is not None:
+        ok = sizes.size >= 2 and int(sizes[1]) == channel_span(segs)
+        for s in segs if ok else []:
+            if s.gid is not None:
+                b.add_count(s.gid, run_count(s, node, 3, 1))
+    else:
+        ok = bool(scales) and sizes_input is None and np.allclose(scales[0][:2], 1.0)
+    if ok:
+        b.set_layout(node.outputs[0], segs)
+    else:
+        b.block(segs, f"{node.op} '{node.name}' may resize the channel axis")
 
 
 def _pads_spatial_axes(b: GroupBuilder, node: gs.Node) -> bool:
     """Pad with constant pads of 0 on batch and channels."""
-    pads, rank = _attr_or_input(b, node, "pads"), _rank(node.inputs[0])
-    if pads is None or rank is None or len(node.inputs) >= 4:
+    pads, r = attr_or_input(b, node, "pads"), rank(node.inputs[0])
+    if pads is None or r is None or len(node.inputs) >= 4:
         return False
-    return not pads.reshape(2, rank)[:, :2].any()
+    return not pads.reshape(2, r)[:, :2].any()
 
 
 def _softmax_off_channels(b: GroupBuilder, node: gs.Node) -> bool:
     """Softmax over an axis after the channels (the default axis is -1 from opset 13, 1 before)."""
-    rank = _rank(node.inputs[0])
+    r = rank(node.inputs[0])
     axis = int(attr(node, "axis", -1 if b.graph.opset >= 13 else 1))
-    return rank is not None and axis % rank > 1
+    return r is not None and axis % r > 1
 
 
 def shape_reader(b: GroupBuilder, node: gs.Node) -> None:
@@ -347,7 +303,6 @@ def shape_reader(b: GroupBuilder, node: gs.Node) -> None:
 
 reduce = _keeps_channels_if(_reduces_spatial_axes, "{op} '{name}' reduces over the channel axis")
 squeeze = _keeps_channels_if(_squeezes_spatial_axes, "{op} '{name}' moves the channel axis")
-resize = _keeps_channels_if(_resizes_spatial_axes, "{op} '{name}' may resize the channel axis")
 pad = _keeps_channels_if(_pads_spatial_axes, "Pad '{name}' pads the batch or channel axis")
 softmax = _keeps_channels_if(_softmax_off_channels, "{op} '{name}' mixes channels")
 
@@ -368,6 +323,9 @@ ROLES: dict[str, Handler] = {
     "BatchNormalization": normalization,
     "InstanceNormalization": normalization,
     "Concat": concat,
+    "Split": split,
+    "Slice": slice_,
+    "Transpose": transpose,
     "Flatten": flatten,
     "Reshape": reshape,
     "Squeeze": squeeze,

@@ -5,7 +5,9 @@ more important, comparable across groups), and the plan keeps, in each group, th
 scoring at least a global threshold ``t``, never fewer than one, with kept counts rounded up
 to a multiple of ``round_to`` (onnxruntime's CPU convolutions are fastest on channel counts
 that fill its blocked layout). FLOPs and parameters only fall as ``t`` rises, so a binary
-search over the candidate thresholds finds the least pruning that meets the budget. Rounding
+search over the candidate thresholds finds the least pruning that meets the budget. A group
+that grouped Convs split into equal parts keeps the same count, its best, in each part
+(:func:`~onnxprune.analysis.groups.balance_blocks`). Rounding
 makes that search coarse (a 32-channel layer is either 16 or 32 wide), so a last greedy step
 gives blocks of channels back, best-scoring first, while the budget still holds.
 """
@@ -19,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxprune.analysis.groups import ChannelGroup
+from onnxprune.analysis.groups import ChannelGroup, balance_blocks
 from onnxprune.errors import UsageError
 from onnxprune.metrics import count, planned_shapes
 from onnxprune.plan import Plan
@@ -39,12 +41,16 @@ class Budget:
                 raise UsageError(f"--{name.replace('_', '-')} must be in (0, 1], got {value}")
 
 
-def rounded_keep(k: int, size: int, round_to: int) -> int:
-    """Round a kept count up to a multiple of ``round_to``, within [1, size]."""
+def rounded_keep(k: int, size: int, round_to: int, blocks: int = 1) -> int:
+    """Round a kept count up to a multiple of ``round_to``, then of ``blocks``, within [1, size].
+
+    ``blocks`` is a group's number of equal parts (:attr:`ChannelGroup.blocks`), which must
+    keep equal counts; ``size`` is a multiple of it.
+    """
     k = max(k, 1)
     if round_to > 1:
         k = math.ceil(k / round_to) * round_to
-    return min(k, size)
+    return min(math.ceil(k / blocks) * blocks, size)
 
 
 def plan_for_budget(graph: gs.Graph, groups: Sequence[ChannelGroup],
@@ -60,12 +66,13 @@ def plan_for_budget(graph: gs.Graph, groups: Sequence[ChannelGroup],
     order = {g.id: np.argsort(-np.asarray(scores[g.id]), kind="stable") for g in prunable}
 
     def plan_of(counts: Mapping[str, int]) -> Plan:
-        return Plan({g.id: tuple(sorted(int(i) for i in order[g.id][:counts[g.id]]))
+        return Plan({g.id: balance_blocks(order[g.id][:counts[g.id]], g.size, g.blocks,
+                                          order[g.id], counts[g.id] // g.blocks)
                      for g in prunable})
 
     def counts_at(threshold: float) -> dict[str, int]:
         return {g.id: rounded_keep(int((np.asarray(scores[g.id]) >= threshold).sum()), g.size,
-                                   round_to) for g in prunable}
+                                   round_to, g.blocks) for g in prunable}
 
     def plan_at(threshold: float) -> Plan:
         return plan_of(counts_at(threshold))
@@ -95,7 +102,7 @@ def plan_for_budget(graph: gs.Graph, groups: Sequence[ChannelGroup],
     while True:  # give back the best next block that still fits
         offers = sorted(((float(np.mean(np.asarray(scores[g.id])[order[g.id][counts[g.id]:k]])),
                           g.id, k) for g in prunable
-                         if (k := rounded_keep(counts[g.id] + 1, g.size, round_to))
+                         if (k := rounded_keep(counts[g.id] + 1, g.size, round_to, g.blocks))
                          > counts[g.id]), reverse=True)
         for _, gid, k in offers:
             if fits(plan_of({**counts, gid: k})):

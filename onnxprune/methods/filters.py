@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
-from onnxprune.analysis.groups import ChannelGroup, Slice
+from onnxprune.analysis.groups import ChannelGroup, Slice, balance_blocks
 from onnxprune.plan import Plan
 
 Values = Mapping[str, torch.Tensor]
@@ -80,6 +80,11 @@ class Filters:
         return out
 
     def plan(self, keep: Mapping[str, torch.Tensor]) -> Plan:
-        """The plan that keeps the channels ``keep`` marks True."""
-        return Plan({gid: tuple(int(i) for i in np.flatnonzero(k.cpu().numpy()))
+        """The plan that keeps the channels ``keep`` marks True.
+
+        A group that grouped Convs split into equal parts keeps as many in each part as the
+        part keeping most (topped up by index: zeroed channels, the function is unchanged).
+        """
+        return Plan({gid: balance_blocks(np.flatnonzero(k.cpu().numpy()).tolist(),
+                                         self.groups[gid].size, self.groups[gid].blocks)
                      for gid, k in keep.items()})

@@ -88,3 +88,77 @@ def test_reshape_shape_constant_shrinks() -> None:
     from conftest import zeroed
     silent = zeroed(normalized, plan, biases=True)
     assert max_diff(modelio.run(silent, feeds), modelio.run(pruned, feeds)) <= 1e-5
+
+
+def _ids(model):  # noqa: ANN001, ANN202
+    return {s.initializer: g.id for g in analyze(modelio.to_graph(model)) for s in g.producers}
+
+
+def test_implicit_split_becomes_explicit_int64_sizes() -> None:
+    model = build("""
+        a = Conv(x, w1)
+        s1, s2 = Split<axis=1>(a)
+        c = Conv(s1, w2)
+        d = Conv(s2, w3)
+        y = Concat<axis=1>(c, d)""", {"w1": (8, 4, 1, 1), "w2": (2, 4, 1, 1),
+                                     "w3": (2, 4, 1, 1)}, outputs="float[N,4,8,8] y")
+    model = api.normalize(model)[0]
+    graph, _ = _pruned(model, {_ids(model)["w1"]: (0, 4, 5, 7)})
+    split = next(n for n in graph.nodes if n.op == "Split")
+    np.testing.assert_array_equal(split.inputs[1].values, [1, 3])
+    assert split.inputs[1].values.dtype == np.int64
+    assert graph.tensors()["w2"].shape == (2, 1, 1, 1)
+    assert graph.tensors()["w3"].shape == (2, 3, 1, 1)
+    verify.check_model(modelio.to_model(graph, model))
+
+
+def test_slice_bounds_count_the_kept_positions_before_them() -> None:
+    model = build("""
+        a = Conv(x, w1)
+        st = Constant<value = int64[1] {-6}>()
+        en = Constant<value = int64[1] {6}>()
+        ax = Constant<value = int64[1] {1}>()
+        s = Slice(a, st, en, ax)
+        y = Conv(s, w2)""", {"w1": (8, 4, 1, 1), "w2": (2, 4, 1, 1)},
+                  outputs="float[N,2,8,8] y")
+    model = api.normalize(model)[0]
+    graph, _ = _pruned(model, {_ids(model)["w1"]: (0, 3, 4, 6, 7)})
+    node = next(n for n in graph.nodes if n.op == "Slice")
+    # positions 2..5 were read; kept 0, 3, 4, 6, 7: start 2 -> 1 kept before, end 6 -> 3
+    assert (int(node.inputs[1].values[0]), int(node.inputs[2].values[0])) == (1, 3)
+    original = np.asarray(modelio.to_graph(model).tensors()["w2"].values)
+    np.testing.assert_array_equal(graph.tensors()["w2"].values, original[:, [1, 2]])
+
+
+def test_grouped_conv_weight_is_cut_block_by_block() -> None:
+    model = build("""
+        a = Conv(x, w1)
+        g = Conv<group=2>(a, wg)
+        y = Conv(g, w3)""", {"w1": (8, 4, 1, 1), "wg": (6, 4, 1, 1), "w3": (2, 6, 1, 1)},
+                  outputs="float[N,2,8,8] y")
+    model = api.normalize(model)[0]
+    ids = _ids(model)
+    graph, _ = _pruned(model, {ids["w1"]: (1, 2, 4, 7), ids["wg"]: (0, 2, 3, 4)})
+    original = np.asarray(modelio.to_graph(model).tensors()["wg"].values)
+    wg = np.asarray(graph.tensors()["wg"].values)
+    expected = np.concatenate([original[0:3][:, [1, 2]], original[3:6][:, [0, 3]]])
+    np.testing.assert_array_equal(wg, expected[[0, 2, 3, 4]])
+    conv = next(n for n in graph.nodes if n.inputs[1].name == "wg")
+    assert conv.attrs["group"] == 2
+    verify.check_model(modelio.to_model(graph, model))
+
+
+def test_depthwise_group_counts_every_group_it_reads() -> None:
+    model = build("""
+        a = Conv(x, w1)
+        b = Conv(x, w2)
+        k = Concat<axis=1>(a, b)
+        d = Conv<group=7>(k, wd)
+        y = Conv(d, w3)""", {"w1": (3, 4, 1, 1), "w2": (4, 4, 1, 1), "wd": (7, 1, 3, 3),
+                             "w3": (2, 7, 1, 1)}, outputs="float[N,2,6,6] y")
+    model = api.normalize(model)[0]
+    ids = _ids(model)
+    graph, _ = _pruned(model, {ids["w1"]: (0,), ids["w2"]: (1, 3)})
+    dw = next(n for n in graph.nodes if n.inputs[1].name == "wd")
+    assert dw.attrs["group"] == 3 and graph.tensors()["wd"].shape == (3, 1, 3, 3)
+    verify.check_model(modelio.to_model(graph, model))

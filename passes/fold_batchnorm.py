@@ -1,7 +1,9 @@
 """FoldBatchNormPass: fold inference BatchNormalization into the Conv or Gemm before it.
 
 With ``s = scale / sqrt(var + eps)``, ``BN(W x + b) = (s W) x + (s (b - mean) + beta)``: the
-weights' output rows are scaled by ``s`` and the bias becomes ``s (b - mean) + beta``.
+weights' output rows are scaled by ``s`` and the bias becomes ``s (b - mean) + beta``. The
+rewrite itself is :func:`onnxprune.passes._affine.fold_affine`, shared with
+:class:`FoldChannelAffinePass`.
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ from typing import Any
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxprune.graph import attr, constant_value, input_or_none
+from onnxprune.graph import attr, constant_value
+from onnxprune.passes._affine import bypass, fold_affine, foldable_producer
 from onnxprune.passes._base import Pass, PassResult
 
 
@@ -45,60 +48,14 @@ class FoldBatchNormPass(Pass):
 def _fold(graph: gs.Graph, bn: gs.Node) -> bool:
     if len([o for o in bn.outputs if o.name]) != 1:  # rule 1
         return False
-    x = bn.inputs[0]
     params = [constant_value(t) for t in bn.inputs[1:5]]
-    if len(x.inputs) != 1 or any(p is None for p in params):
+    found = foldable_producer(graph, bn.inputs[0])  # rules 1-3
+    if found is None or any(p is None for p in params):
         return False
-    producer = x.inputs[0]
-    if len(x.outputs) != 1 or x in graph.outputs:  # rule 2
-        return False
-    if producer.op == "Conv":
-        axis = 0
-    elif producer.op == "Gemm" and not attr(producer, "transA", 0):
-        axis = 0 if attr(producer, "transB", 0) else 1
-    else:
-        return False
-    weight = constant_value(producer.inputs[1])
-    bias_t = input_or_none(producer, 2)
-    bias = constant_value(bias_t) if bias_t is not None else None
-    if weight is None or (bias_t is not None and bias is None):
-        return False
-    n_out = weight.shape[axis]
-    b = np.zeros(n_out) if bias is None else _per_channel(bias, n_out)
-    if b is None:  # rule 4
-        return False
-    if producer.op == "Gemm":  # rule 3: alpha and beta become 1
-        weight = weight * float(attr(producer, "alpha", 1.0))
-        b = b * float(attr(producer, "beta", 1.0))
-        producer.attrs["alpha"] = 1.0
-        producer.attrs["beta"] = 1.0
+    producer, axis = found
     scale, beta, mean, var = (p.astype(np.float64) for p in params)
     s = scale / np.sqrt(var + float(attr(bn, "epsilon", 1e-5)))
-    shape = [1] * weight.ndim
-    shape[axis] = n_out
-    new_w = (weight * s.reshape(shape)).astype(weight.dtype)
-    new_b = (s * (b - mean) + beta).astype(weight.dtype)
-    producer.inputs[1] = gs.Constant(f"{producer.name}_weight_bnfold", new_w)  # rule 5
-    bias_const = gs.Constant(f"{producer.name}_bias_bnfold", new_b)
-    if bias_t is None:
-        producer.inputs.append(bias_const)
-    else:
-        producer.inputs[2] = bias_const
-    y = bn.outputs[0]
-    bn.outputs.clear()
-    bn.inputs.clear()
-    producer.outputs[0] = y
+    if not fold_affine(producer, axis, s, beta - s * mean, "bnfold"):  # rules 3-5
+        return False
+    bypass(bn, producer)
     return True
-
-
-def _per_channel(bias: np.ndarray, n_out: int) -> np.ndarray | None:
-    """Return ``bias`` as a float64 ``(n_out,)`` vector, or None when it varies by row.
-
-    Conv biases are ``(n_out,)``; a Gemm ``C`` only needs to broadcast to ``(M, n_out)``, so
-    ``()``, ``(1,)``, ``(1, 1)`` and ``(1, n_out)`` are per-channel too (rule 4).
-    """
-    if bias.ndim > 2 or any(d != 1 for d in bias.shape[:-1]):
-        return None
-    if bias.ndim and bias.shape[-1] not in (1, n_out):
-        return None
-    return np.broadcast_to(bias.astype(np.float64).reshape(-1), (n_out,)).copy()

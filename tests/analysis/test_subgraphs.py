@@ -202,8 +202,10 @@ def test_a_subgraph_tensor_copy_with_the_outer_name_still_blocks() -> None:
 
 
 def test_subgraph_read_of_an_initializer_blocks_as_shared() -> None:
-    branch = onnx.helper.make_graph(
-        [make("ReduceMean", ["w2"], ["read_w2"], axes=[0, 1, 2, 3], keepdims=1, name="rm_w2"),
+    branch = onnx.helper.make_graph(  # w2 times a value of the input: nothing here folds
+        [make("ReduceMean", ["x"], ["s"], keepdims=0, name="mean_x"),
+         make("Mul", ["w2", "s"], ["scaled"], name="rm_w2"),
+         make("ReduceMean", ["scaled"], ["read_w2"], axes=[0, 1, 2, 3], keepdims=1),
          make("Reshape", ["read_w2", "one"], ["w2_out"], name="flat_w2")],
         "reads_w2", [], [_info("w2_out", FLOAT, [1])],
         [onnx.numpy_helper.from_array(np.array([1], np.int64), "one")])

@@ -12,14 +12,14 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import onnx
 import onnx_graphsurgeon as gs
 
-from onnxprune import methods, metrics, modelio, paths, plot, verify
+from onnxprune import methods, metrics, modelio, paths, plot, sizing, sparse, verify
 from onnxprune.analysis import ChannelGroup, analyze
 from onnxprune.errors import (
     NothingToPruneError,
@@ -62,7 +62,7 @@ class PruneResult:
     def save(self, path: str | os.PathLike) -> None:
         """Write the model atomically, sparse weights stored sparsely; record path and size."""
         paths.check_outputs({"the output": path}, self.inputs)
-        size = modelio.save(modelio.store_sparse(self.model), path)
+        size = modelio.save(sparse.store(self.model), path)
         self.report["output"] = str(path)
         self.report["after"]["bytes"] = size
 
@@ -104,32 +104,37 @@ def prune(model: modelio.ModelLike, method: str = "magnitude", *,
     chosen = _method(method, options, has_data=data is not None)
     if val_data is not None and data is None:
         raise UsageError("--val-data measures training on --data; give --data too")
-    normalized, graph = normalize(model)
+    normalized, _ = normalize(model)
+    work, dims, prepared = sizing.at_run_size(
+        normalized, DataOptions(data, val_data, input_size, mean, std),
+        needs_training=epochs > 0 or getattr(chosen, "trains", False))
     if epochs > 0:
-        ShadowModel(normalized)  # refuses an op the shadow cannot run, before any work
+        ShadowModel(work)  # refuses an op the shadow cannot run, before any work
+    graph = modelio.to_graph(work)
     groups = _prunable_groups(graph)
     context = methods.Context(graph, groups, Budget(max_flops, max_params),
                               metrics.cpu_channel_block() if round_to is None else round_to,
-                              options, train=config, model=normalized)
-    prepared = prepare(normalized, DataOptions(data, val_data, input_size, mean, std),
-                       needs_training=epochs > 0 or getattr(chosen, "trains", False))
-    plan = chosen.run(replace(context, data=prepared.train, val_data=prepared.val))
-    written = modelio.with_initializers(normalized, plan.weights)
-    pruned = apply_plan(written, plan)
-    verify.check_runs(normalized, pruned)
+                              options, prepared.train, prepared.val, config, work)
+    plan = chosen.run(context)
+    pruned = apply_plan(modelio.with_initializers(work, plan.weights), plan)
+    verify.check_runs(work, pruned)
     training = None
     if epochs > 0:
-        pruned, training = finetune(pruned, normalized, prepared.train, config)
+        pruned, training = finetune(pruned, work, prepared.train, config)
         verify.check_model(pruned)
-        verify.check_runs(normalized, pruned)
+        verify.check_runs(work, pruned)
+    written = pruned
+    if dims is not None:
+        written = verify.check_model(modelio.restore_input_dims(pruned, normalized))
+        verify.check_runs(normalized, written, dims=sizing.second_size(normalized, dims))
     report = build_report(
-        method=method, source=model, prepared=prepared, normalized=normalized, pruned=pruned,
-        plan=plan, groups=groups, training=training,
+        method=method, source=model, prepared=prepared, normalized=work, pruned=pruned,
+        written=written, plan=plan, groups=groups, training=training,
         options={"max_flops": max_flops, "max_params": max_params,
                  "round_to": context.round_to, "epochs": epochs, "lr": lr,
                  "batch_size": batch_size, "device": device, "seed": seed,
                  "train_batchnorm": train_batchnorm, **options})
-    return PruneResult(pruned, plan, report, paths.files_read(model, data, val_data,
+    return PruneResult(written, plan, report, paths.files_read(model, data, val_data,
                                                              *options.values()))
 
 
@@ -189,6 +194,10 @@ def _prunable_groups(graph: gs.Graph) -> tuple[ChannelGroup, ...]:
         if isinstance(weight, gs.Constant) and 0 in weight.shape:
             raise UnsupportedModelError(f"{node.op} node '{node.name}' has an empty weight "
                                         f"{tuple(weight.shape)}: it has no channels to prune")
+    unsized = metrics.unsized_layers(graph)
+    if unsized:
+        raise UnsupportedModelError(f"the output size of layer '{unsized[0]}' is unknown, so "
+                                    "its FLOPs cannot be counted")
     groups = tuple(analyze(graph))
     if all(g.blocked for g in groups):
         raise NothingToPruneError("nothing to prune: every channel group is blocked (run "
@@ -203,15 +212,29 @@ class Inspection:
     layers: list[metrics.Layer]
     groups: list[ChannelGroup]
     params: int
-    flops: int
+    flops: int | None
+    input_shapes: dict[str, list[int | str]]
+    prunable_share: float | None
 
 
 @_naming_the_model
-def inspect(model: modelio.ModelLike) -> Inspection:
-    """Return per-layer parameters, FLOPs and channels, and the channel groups of ``model``."""
-    _, graph = normalize(model)
+def inspect(model: modelio.ModelLike, *,
+            input_size: tuple[int, int] | None = None) -> Inspection:
+    """Return per-layer parameters, FLOPs and channels, and the channel groups of ``model``.
+
+    A model with symbolic input sizes is counted at ``input_size``; without it, the FLOPs of
+    the layers whose size depends on it are None, never a guess.
+    """
+    work, _ = normalize(model)
+    if input_size is not None and modelio.open_dims(work):
+        work, _, _ = sizing.at_run_size(work, DataOptions(input_size=input_size),
+                                        needs_training=False)
+    graph = modelio.to_graph(work)
     params, flops = metrics.count(graph)
-    return Inspection(metrics.layers(graph), analyze(graph), params, flops)
+    shapes = {name: shape for name, shape, _ in modelio.input_specs(work)}
+    groups = analyze(graph)
+    return Inspection(metrics.layers(graph), groups, params, flops, shapes,
+                      metrics.prunable_share(graph, groups))
 
 
 @_naming_the_model
@@ -236,22 +259,26 @@ def evaluate(model: modelio.ModelLike, data: Any, *, reference: modelio.ModelLik
 
 
 def bench(models: Sequence[str | os.PathLike], *, batch: int = 1, runs: int = 50,
-          warmup: int = 5, threads: int = 1,
-          provider: str = "CPUExecutionProvider") -> list[metrics.Latency]:
+          warmup: int = 5, threads: int = 1, provider: str = "CPUExecutionProvider",
+          input_size: tuple[int, int] | None = None) -> list[metrics.Latency]:
     """Time ``models`` in onnxruntime in one process (see :func:`onnxprune.metrics.latency`).
 
-    Refuses, naming the file, a model whose input sizes after the batch are not fixed.
+    Models with symbolic input sizes run at ``input_size``; without it they are refused,
+    naming the file.
     """
     if provider not in metrics.available_providers():
         raise UsageError(f"onnxruntime on this machine has no {provider}")
     loaded = []
     for path in models:
         model = modelio.load(path)
-        for name, shape, _ in modelio.input_specs(model):
-            if not all(isinstance(d, int) and d > 0 for d in shape[1:]):
-                raise UsageError(f"{path}: input '{name}' has shape {tuple(shape)}; bench needs "
-                                 "fixed sizes after the batch dimension")
         try:
+            if modelio.open_dims(model):
+                if input_size is None:
+                    name, shape = next(iter(modelio.open_dims(model).items()))
+                    raise UsageError(f"input '{name}' has shape {tuple(shape)}; give "
+                                     "--input-size HxW to time it at")
+                model, _, _ = sizing.at_run_size(model, DataOptions(input_size=input_size),
+                                                 needs_training=False)
             modelio.random_inputs(model, batch=batch)
         except OnnxPruneError as e:
             raise UsageError(f"{path}: {e}") from e

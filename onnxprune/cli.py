@@ -66,6 +66,12 @@ def _pp_options(command: Any) -> Any:
     return command
 
 
+_INPUT_SIZE = click.option(
+    "--input-size", help="The size the model runs at, HxW, e.g. 320x320: a model with symbolic "
+                         "H and W is analysed and measured at it (default: the size of the "
+                         "--data samples), and image folders are resized to it.")
+
+
 def _data_options(command: Any) -> Any:
     """The options that say where data comes from, shared by prune and eval."""
     for option in reversed([
@@ -73,8 +79,7 @@ def _data_options(command: Any) -> Any:
                                     "(one subfolder per class), or module:function."),
         click.option("--val-data", help="Validation data, in the same forms (default: a "
                                         "seeded 10 % of --data)."),
-        click.option("--input-size", help="Image folders: resize to HxW, e.g. 224x224 "
-                                          "(default: the model's input size)."),
+        _INPUT_SIZE,
         click.option("--mean", help="Image folders: per-channel mean, e.g. 0.485,0.456,0.406."),
         click.option("--std", help="Image folders: per-channel std, e.g. 0.229,0.224,0.225."),
     ]):
@@ -158,14 +163,17 @@ def prune_command(model: Path, method: str, out: Path, report_path: Path | None,
 
 @main.command("inspect")
 @click.argument("model", type=click.Path(path_type=Path))
+@_INPUT_SIZE
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
-def inspect_command(model: Path, as_json: bool) -> None:
+def inspect_command(model: Path, as_json: bool, input_size: str | None) -> None:
     """Show per-layer parameters, FLOPs and channels, and the channel groups of MODEL."""
-    info = api.inspect(model)
+    info = api.inspect(model, input_size=_parsed({"input_size": input_size})["input_size"])
     data = {
         "model": str(model),
+        "input_shapes": info.input_shapes,
         "params": info.params,
         "flops": info.flops,
+        "prunable_flops_share": info.prunable_share,
         "layers": [vars(layer) for layer in info.layers],
         "groups": [{"id": g.id, "channels": g.size,
                     "producers": sorted({s.node for s in g.producers}),
@@ -175,10 +183,17 @@ def inspect_command(model: Path, as_json: bool) -> None:
     if as_json:
         click.echo(report.to_json(data), nl=False)
         return
-    rows = [(lay.name, lay.op, f"{lay.params:,}", f"{lay.flops:,}",
+    rows = [(lay.name, lay.op, f"{lay.params:,}", _number(lay.flops),
              f"{lay.in_channels}->{lay.out_channels}") for lay in info.layers]
     click.echo(_table(("layer", "op", "params", "FLOPs", "channels"), rows))
-    click.echo(f"total: {info.params:,} params, {info.flops:,} FLOPs (multiply-accumulates)\n")
+    shapes = ", ".join(f"{n} {tuple(s)}" for n, s in info.input_shapes.items())
+    flops = (f"{info.flops:,} FLOPs (multiply-accumulates) at {shapes}" if info.flops is not None
+             else f"FLOPs unknown at {shapes} (give --input-size HxW)")
+    click.echo(f"total: {info.params:,} params, {flops}")
+    if info.prunable_share is not None:
+        click.echo(f"prunable: {info.prunable_share:.1%} of the FLOPs are in layers whose "
+                   "channels can be pruned")
+    click.echo()
     rows = [(g["id"], str(g["channels"]), ", ".join(g["producers"]),
              g["blocked"] or "prunable") for g in data["groups"]]
     click.echo(_table(("group", "channels", "producers", "status"), rows))
@@ -211,12 +226,14 @@ def eval_command(model: Path, reference: Path | None, as_json: bool, **options: 
               help="onnxruntime intra-op threads (0: all cores).")
 @click.option("--provider", type=click.Choice(["cpu", "cuda"]), default="cpu",
               show_default=True)
+@_INPUT_SIZE
 def bench_command(models: tuple[Path, ...], runs: int, warmup: int, batch: int, threads: int,
-                  provider: str) -> None:
+                  provider: str, input_size: str | None) -> None:
     """Time MODELS in onnxruntime (median and p90); speedup is against the first."""
     name = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}[provider]
     timings = api.bench(models, batch=batch, runs=runs, warmup=warmup, threads=threads,
-                        provider=name)
+                        provider=name,
+                        input_size=_parsed({"input_size": input_size})["input_size"])
     base = timings[0].median_ms
     rows = [(str(m), f"{t.median_ms:.3f}", f"{t.p90_ms:.3f}", f"{base / t.median_ms:.2f}x")
             for m, t in zip(models, timings, strict=True)]
@@ -224,12 +241,17 @@ def bench_command(models: tuple[Path, ...], runs: int, warmup: int, batch: int, 
     click.echo(f"({runs} runs, batch {batch}, {threads or 'all'} thread(s), {name})")
 
 
+def _number(value: int | None) -> str:
+    return "unknown" if value is None else f"{value:,}"
+
+
 def _before_after(summary: dict[str, Any]) -> str:
     rows = []
     for key, label in (("params", "params"), ("nonzero_weights", "non-zero weights"),
                        ("flops", "FLOPs"), ("bytes", "file bytes")):
         before, after = summary["before"][key], summary["after"][key]
-        rows.append((label, f"{before:,}", f"{after:,}", f"{after / max(before, 1):.3f}"))
+        rows.append((label, _number(before), _number(after),
+                     f"{after / max(before, 1):.3f}" if None not in (before, after) else ""))
     g = summary["groups"]
     return (_table(("", "before", "after", "kept"), rows)
             + f"\ngroups: {g['pruned']} pruned of {g['total']} ({g['blocked']} blocked)"
@@ -251,8 +273,8 @@ def run() -> None:
         signal.signal(signum, _exit_on_signal)
     try:
         main(standalone_mode=False)
-    except OnnxPruneError as e:
-        click.echo(f"onnxprune: error: {e}", err=True)
+    except OnnxPruneError as e:  # one line, whatever a library's message held
+        click.echo(f"onnxprune: error: {' '.join(str(e).split())}", err=True)
         sys.exit(EXIT_BAD_INPUT)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)

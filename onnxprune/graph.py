@@ -51,13 +51,17 @@ def clear_inner_shapes(graph: gs.Graph) -> None:
             tensor.shape = None
 
 
-def spatial_size(tensor: gs.Tensor) -> int:
-    """Return the product of the dimensions after the first two (1 for rank <= 2).
+def spatial_size(tensor: gs.Tensor) -> int | None:
+    """Return the product of the dimensions after the first two (1 for rank 2).
 
-    Symbolic dimensions count as 1.
+    None when the shape or any of those dimensions is unknown or symbolic: a FLOPs count must
+    not quietly take an unknown height as 1.
     """
-    shape = tensor.shape or []
+    if tensor.shape is None:
+        return None
     size = 1
-    for d in list(shape)[2:]:
-        size *= d if isinstance(d, int) and d > 0 else 1
+    for d in list(tensor.shape)[2:]:
+        if not (isinstance(d, int) and d > 0):
+            return None
+        size *= d
     return size

@@ -4,7 +4,9 @@ FLOPs are counted as the pruning literature does, one per multiply-accumulate of
 layers, per sample: a Conv costs ``prod(W.shape) * H_out * W_out`` (groups included, since
 ``W`` holds ``C_in / group`` input channels), a ConvTranspose ``prod(W.shape) * H_in * W_in``,
 a Gemm ``prod(B.shape)`` and a MatMul ``prod(B.shape)`` times the rows of ``A`` per sample.
-Other ops are not counted. Parameters are all floating-point initializer elements.
+Other ops are not counted. Parameters are all floating-point initializer elements. A layer
+whose positions are unknown (symbolic H, W) has no FLOPs count (None), and neither has a graph
+with such a layer: fix the input size first (``modelio.with_input_dims``).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ class Layer:
     name: str
     op: str
     params: int
-    flops: int
+    flops: int | None
     in_channels: int
     out_channels: int
 
@@ -51,9 +53,9 @@ def planned_shapes(graph: gs.Graph, groups: Sequence[ChannelGroup],
     """Return the initializer shapes ``plan`` would leave, without touching the graph."""
     shapes = {k: list(v) for k, v in weight_shapes(graph).items()}
     for group in groups:
-        gone = group.size - len(plan.kept(group))
-        for s in group.slices:
-            shapes[s.initializer][s.axis] -= gone * s.stride
+        gone = plan.removed(group)
+        for s in group.slices:  # a grouped Conv's weight holds 1 / groups of its inputs
+            shapes[s.initializer][s.axis] -= len(s.positions(gone)) // s.groups
     return {k: tuple(v) for k, v in shapes.items()}
 
 
@@ -69,17 +71,41 @@ def layers(graph: gs.Graph, shapes: Shapes | None = None) -> list[Layer]:
         if w is None:
             continue
         params = sum(int(np.prod(shapes[t.name])) for t in node.inputs[1:] if t.name in shapes)
-        macs = int(np.prod(w)) * _positions(node)
+        positions = _positions(node)
+        macs = None if positions is None else int(np.prod(w)) * positions
         c_in, c_out = _channels(node, w)
         out.append(Layer(node.name, node.op, params, macs, c_in, c_out))
     return out
 
 
-def count(graph: gs.Graph, shapes: Shapes | None = None) -> tuple[int, int]:
-    """Return (parameters, FLOPs) of ``graph``; ``shapes`` overrides initializer shapes."""
+def count(graph: gs.Graph, shapes: Shapes | None = None) -> tuple[int, int | None]:
+    """Return (parameters, FLOPs) of ``graph``; ``shapes`` overrides initializer shapes.
+
+    FLOPs are None when a layer's positions are unknown (see :func:`unsized_layers`).
+    """
     shapes = shapes if shapes is not None else weight_shapes(graph)
     params = sum(int(np.prod(s)) for s in shapes.values())
-    return params, sum(layer.flops for layer in layers(graph, shapes))
+    flops = [layer.flops for layer in layers(graph, shapes)]
+    return params, None if None in flops else sum(flops)
+
+
+def prunable_share(graph: gs.Graph, groups: Sequence[ChannelGroup]) -> float | None:
+    """The share of the FLOPs in layers that produce or consume an unblocked group's channels.
+
+    Pruning can only make those layers cheaper, so a FLOPs budget below ``1 - share`` cannot
+    be met. None when the FLOPs are unknown.
+    """
+    names = {s.node for g in groups if not g.blocked for s in g.producers + g.consumers}
+    costs = [(layer.name, layer.flops) for layer in layers(graph)]
+    if any(flops is None for _, flops in costs):
+        return None
+    total = sum(flops for _, flops in costs)
+    return sum(flops for name, flops in costs if name in names) / total if total else 0.0
+
+
+def unsized_layers(graph: gs.Graph) -> list[str]:
+    """The weighted layers whose output positions are unknown, so their FLOPs are too."""
+    return [layer.name for layer in layers(graph) if layer.flops is None]
 
 
 _WEIGHT_INPUT = ("Conv", "ConvTranspose", "Gemm", "MatMul")
@@ -93,14 +119,18 @@ def _static_shape(tensor: gs.Tensor) -> tuple[int, ...] | None:
     return tuple(shape)
 
 
-def _positions(node: gs.Node) -> int:
+def _positions(node: gs.Node) -> int | None:
+    """How often per sample the layer applies its weight; None when unknown."""
     if node.op == "Conv":
         return spatial_size(node.outputs[0])
     if node.op == "ConvTranspose":
         return spatial_size(node.inputs[0])
     if node.op == "MatMul":
-        shape = node.inputs[0].shape or []
-        return int(np.prod([d if isinstance(d, int) else 1 for d in shape[1:-1]]))
+        shape = node.inputs[0].shape
+        rows = list(shape or [])[1:-1]
+        if shape is None or not all(isinstance(d, int) and d > 0 for d in rows):
+            return None
+        return int(np.prod(rows))
     return 1
 
 

@@ -16,14 +16,18 @@ import numpy as np
 import onnx
 import onnx.helper
 import onnx.numpy_helper
+import onnx.version_converter
 import onnx_graphsurgeon as gs
 import onnxruntime as ort
 from google.protobuf.message import DecodeError
 
+from onnxprune import sparse
 from onnxprune.errors import InvalidModelError, UnsupportedModelError
 from onnxprune.limits import check_tensor
 
-MIN_OPSET = 9
+MIN_OPSET = 9  # models below it are upgraded on load
+UPGRADE_TO = 13
+UPGRADED_FROM = "onnxprune.upgraded_from_opset"
 ModelLike = str | os.PathLike | onnx.ModelProto
 
 
@@ -56,14 +60,11 @@ def load(source: ModelLike) -> onnx.ModelProto:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as e:
         raise InvalidModelError(f"{where}: invalid ONNX model ({_first_line(e)})") from e
+    _drop_initializer_inputs(model)
     opset = opset_version(model)
     if opset < MIN_OPSET:
-        raise UnsupportedModelError(
-            f"{where}: opset {opset} is older than {MIN_OPSET}, the oldest onnxprune reads; "
-            "upgrade it with onnx.version_converter"
-        )
-    _drop_initializer_inputs(model)
-    _densify_sparse(model)
+        model = _upgraded(model, opset, where)
+    sparse.densify(model)
     return infer_shapes(model)
 
 
@@ -99,6 +100,39 @@ def _tensors(graph: onnx.GraphProto) -> list[onnx.TensorProto]:
             for sub in ([attribute.g] if attribute.HasField("g") else attribute.graphs):
                 found.extend(_tensors(sub))
     return found
+
+
+def _upgraded(model: onnx.ModelProto, opset: int, where: str) -> onnx.ModelProto:
+    """``model`` converted to opset :data:`UPGRADE_TO` by onnx's version converter.
+
+    Opsets before 9 carry legacy attributes (``broadcast``, ``is_test``, ``consumed_inputs``)
+    that nothing downstream reads. The model's metadata records the opset it came with, and
+    the report says so. What the converter cannot convert is refused in one line.
+    """
+    fixed = onnx.ModelProto()
+    fixed.CopyFrom(model)  # some adapters refuse symbolic dims: convert at 1, restore after
+    for value in [*fixed.graph.input, *fixed.graph.output]:
+        for dim in value.type.tensor_type.shape.dim:
+            if not dim.HasField("dim_value"):
+                dim.Clear()
+                dim.dim_value = 1
+    del fixed.graph.value_info[:]
+    try:
+        converted = onnx.version_converter.convert_version(fixed, UPGRADE_TO)
+        del converted.graph.value_info[:]
+        onnx.checker.check_model(converted)
+        outputs = run(converted, random_inputs(converted, batch=1))
+        for (name, shape, _), got in zip(output_specs(fixed), outputs, strict=True):
+            if shape and tuple(shape) != got.shape:  # the converter can get it wrong
+                raise ValueError(f"the converted model's output '{name}' has shape "
+                                 f"{got.shape}, not the declared {tuple(shape)}")
+        converted = restore_input_dims(converted, model)
+    except Exception as e:  # the converter raises several types, some from C++
+        raise UnsupportedModelError(f"{where}: opset {opset} is older than {MIN_OPSET} and "
+                                    f"onnx's version converter cannot upgrade it "
+                                    f"({_first_line(e)})") from e
+    converted.metadata_props.add(key=UPGRADED_FROM, value=str(opset))
+    return converted
 
 
 def opset_version(model: onnx.ModelProto) -> int:
@@ -148,33 +182,6 @@ def with_initializers(model: onnx.ModelProto,
     return out
 
 
-def store_sparse(model: onnx.ModelProto, *, max_density: float = 1 / 3) -> onnx.ModelProto:
-    """Return a copy of ``model`` with its sparse float initializers stored as sparse tensors.
-
-    An initializer whose share of non-zeros is at most ``max_density`` becomes a
-    ``sparse_initializer`` (values plus int64 flat indices: 12 bytes per non-zero at float32,
-    so it pays below about 1/3 density). onnxruntime densifies them at load. Run this last, on
-    the ModelProto: graph libraries drop or corrupt sparse initializers. Check the dense model
-    with the full checker first: onnx's shape inference cannot type sparse initializers.
-    """
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    dense = []
-    for tensor in out.graph.initializer:
-        values = onnx.numpy_helper.to_array(tensor)
-        flat = values.reshape(-1)
-        nonzero = np.flatnonzero(flat)
-        if values.dtype.kind != "f" or values.size < 16 or nonzero.size > max_density * flat.size:
-            dense.append(tensor)
-            continue
-        out.graph.sparse_initializer.append(onnx.helper.make_sparse_tensor(
-            onnx.numpy_helper.from_array(flat[nonzero], tensor.name),
-            onnx.numpy_helper.from_array(nonzero.astype(np.int64), f"{tensor.name}_indices"),
-            list(values.shape)))
-    del out.graph.initializer[:]
-    out.graph.initializer.extend(dense)
-    return out
-
 
 def session(model: onnx.ModelProto, *, threads: int = 0, optimize: bool = False,
             providers: list[str] | None = None) -> ort.InferenceSession:
@@ -209,6 +216,79 @@ def run_session(opened: ort.InferenceSession,
         return opened.run(None, dict(feeds), quiet)
     except Exception as e:  # onnxruntime's own error types derive from Exception only
         raise UnsupportedModelError(f"onnxruntime cannot run the model: {_first_line(e)}") from e
+
+
+def open_dims(model: onnx.ModelProto) -> dict[str, list[int | str]]:
+    """The inputs whose dims after the batch are not all fixed, with their shapes."""
+    return {name: shape for name, shape, _ in input_specs(model)
+            if not all(isinstance(d, int) and d > 0 for d in shape[1:])}
+
+
+def with_input_dims(model: onnx.ModelProto,
+                    dims: Mapping[str, Sequence[int]]) -> onnx.ModelProto:
+    """A copy of ``model`` whose inputs have the given dims after the batch, shapes inferred.
+
+    The batch stays as it is. Nothing else changes: a model whose inputs are symbolic (H, W)
+    is analysed and measured at one size, then :func:`restore_input_dims` gives the written
+    model its symbolic inputs back.
+    """
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for value in out.graph.input:
+        if value.name in dims:
+            for dim, size in zip(value.type.tensor_type.shape.dim[1:], dims[value.name],
+                                 strict=True):
+                dim.Clear()
+                dim.dim_value = int(size)
+    del out.graph.value_info[:]
+    for value in out.graph.output:
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.HasField("dim_param"):
+                dim.Clear()
+    return infer_shapes(out)
+
+
+def observe_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of ``model`` whose float tensors left unshaped by inference get observed shapes.
+
+    Exporters build reshape targets at run time (``Shape -> Gather -> Div -> Concat``), which
+    shape inference cannot follow even at a fixed input size. One onnxruntime run at batch 1
+    gives their shapes; dim 0 is recorded as the batch.
+    """
+    graph = to_graph(model)
+    batch = next((d for _, shape, _ in input_specs(model) for d in shape[:1]), "batch")
+    unknown = [t for t in graph.tensors().values()
+               if isinstance(t, gs.Variable) and t.inputs and t.dtype is not None
+               and np.dtype(t.dtype).kind == "f" and t not in graph.outputs
+               and (t.shape is None or not all(isinstance(d, int) for d in t.shape[1:]))]
+    if not unknown:
+        return model
+    graph.outputs = list(unknown)
+    probe = gs.export_onnx(graph)
+    probe.ir_version = model.ir_version
+    values = run(probe, random_inputs(model, batch=1))
+    observed = {tensor.name: onnx.helper.make_tensor_value_info(
+        tensor.name, onnx.helper.np_dtype_to_tensor_dtype(value.dtype),
+        [batch, *value.shape[1:]]) for tensor, value in zip(unknown, values, strict=True)
+        if value.ndim >= 2}
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    kept = [v for v in out.graph.value_info if v.name not in observed]
+    del out.graph.value_info[:]
+    out.graph.value_info.extend([*kept, *observed.values()])
+    return out
+
+
+def restore_input_dims(model: onnx.ModelProto, like: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of ``model`` with the input and output dims ``like`` declares (symbolic ones)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    declared = {v.name: v for v in [*like.graph.input, *like.graph.output]}
+    for value in [*out.graph.input, *out.graph.output]:
+        if value.name in declared:
+            value.type.CopyFrom(declared[value.name].type)
+    del out.graph.value_info[:]
+    return infer_shapes(out)
 
 
 def input_specs(model: onnx.ModelProto) -> list[tuple[str, list[int | str], np.dtype]]:
@@ -283,29 +363,6 @@ def _umask() -> int:
     os.umask(mask)
     return mask
 
-
-def _densify_sparse(model: onnx.ModelProto) -> None:
-    """Store sparse initializers and sparse Constant values densely (graphsurgeon drops them)."""
-    graph = model.graph
-    graph.initializer.extend(_dense(sparse) for sparse in graph.sparse_initializer)
-    del graph.sparse_initializer[:]
-    for node in graph.node:
-        for attribute in node.attribute:
-            if node.op_type == "Constant" and attribute.name == "sparse_value":
-                dense = _dense(attribute.sparse_tensor)
-                attribute.Clear()
-                attribute.CopyFrom(onnx.helper.make_attribute("value", dense))
-
-
-def _dense(sparse: onnx.SparseTensorProto) -> onnx.TensorProto:
-    values = onnx.numpy_helper.to_array(sparse.values)
-    dims = tuple(sparse.dims)
-    dense = np.zeros(int(np.prod(dims)), dtype=values.dtype)
-    indices = onnx.numpy_helper.to_array(sparse.indices).astype(np.int64)
-    if indices.ndim == 2:  # one row of coordinates per value
-        indices = np.ravel_multi_index(indices.T, dims)
-    dense[indices.reshape(-1)] = values.reshape(-1)
-    return onnx.numpy_helper.from_array(dense.reshape(dims), sparse.values.name)
 
 
 def _drop_initializer_inputs(model: onnx.ModelProto) -> None:

@@ -16,8 +16,9 @@ from typing import Any
 
 import onnx
 
-from onnxprune import metrics, modelio, verify
+from onnxprune import metrics, modelio, sparse, verify
 from onnxprune.analysis.groups import ChannelGroup
+from onnxprune.modelio import UPGRADED_FROM
 from onnxprune.plan import Plan
 from onnxprune.training.finetune import quality
 from onnxprune.training.prepare import Prepared
@@ -32,14 +33,23 @@ def source_name(source: Any) -> str:
 
 def build_report(*, method: str, source: modelio.ModelLike, options: dict[str, Any],
                  prepared: Prepared, normalized: onnx.ModelProto, pruned: onnx.ModelProto,
-                 plan: Plan, groups: tuple[ChannelGroup, ...],
+                 written: onnx.ModelProto, plan: Plan, groups: tuple[ChannelGroup, ...],
                  training: dict[str, Any] | None) -> dict[str, Any]:
-    """The report of one prune of ``source`` (normalised to ``normalized``) into ``pruned``."""
+    """The report of one prune of ``source`` (normalised to ``normalized``) into ``pruned``.
+
+    ``normalized`` and ``pruned`` are at the size the run measured them at; ``written`` is
+    ``pruned`` as it is written (with the input's symbolic sizes, if it had them).
+    """
     return {
         "method": method,
         "input": source_name(source),
         "output": None,
         "options": options,
+        "input_shapes": _shapes(normalized),  # the shapes FLOPs were counted and checked at
+        "written_input_shapes": _shapes(written),
+        "opset": {"input": int(upgraded) if (upgraded := _meta(normalized, UPGRADED_FROM))
+                  else modelio.opset_version(normalized),
+                  "output": modelio.opset_version(written)},
         "data": prepared.describe(),
         "warnings": prepared.warnings,
         "before": {**summary(normalized, source),
@@ -55,19 +65,28 @@ def build_report(*, method: str, source: modelio.ModelLike, options: dict[str, A
     }
 
 
+def _shapes(model: onnx.ModelProto) -> dict[str, list[int | str]]:
+    return {name: shape for name, shape, _ in modelio.input_specs(model)}
+
+
+def _meta(model: onnx.ModelProto, key: str) -> str | None:
+    return next((p.value for p in model.metadata_props if p.key == key), None)
+
+
 def summary(model: onnx.ModelProto, source: modelio.ModelLike | None = None) -> dict[str, Any]:
     """Parameters, FLOPs, bytes and non-zero weights of ``model``.
 
     Bytes are the file's size when ``source`` is a path, else the serialised size (with sparse
-    weights stored sparsely, as ``save`` writes them).
+    weights stored sparsely, as ``save`` writes them). ``model`` has fixed input sizes; sizes
+    that shape inference cannot follow are observed in one run.
     """
-    graph = modelio.to_graph(model)
+    graph = modelio.to_graph(modelio.observe_shapes(model))
     params, flops = metrics.count(graph)
     if isinstance(source, (str, os.PathLike)):
         size = metrics.file_bytes(source)
     else:
         size = metrics.model_bytes(source if isinstance(source, onnx.ModelProto)
-                                   else modelio.store_sparse(model))
+                                   else sparse.store(model))
     return {"params": params, "flops": flops, "bytes": size,
             "nonzero_weights": metrics.nonzero_weights(graph)}
 

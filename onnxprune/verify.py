@@ -11,6 +11,8 @@ Three checks, each raising :class:`~onnxprune.errors.VerificationError` with one
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
@@ -32,14 +34,18 @@ def check_model(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-def check_runs(before: onnx.ModelProto, after: onnx.ModelProto) -> None:
+def check_runs(before: onnx.ModelProto, after: onnx.ModelProto, *,
+               dims: Mapping[str, Sequence[int]] | None = None) -> None:
     """Run both models on one seeded input and compare what must not change.
+
+    ``dims`` gives the input sizes after the batch for models with symbolic inputs.
 
     ``after``'s outputs keep their shapes, and stay finite where ``before``'s are all finite
     (a model whose own output holds NaN, a Log of negatives say, may move them), and
     ``after``'s weights are finite when ``before``'s are (training can diverge).
     """
-    feeds = modelio.random_inputs(before, batch=2)
+    feeds = modelio.random_inputs(before if dims is None
+                                  else modelio.with_input_dims(before, dims), batch=2)
     names = [name for name, _, _ in modelio.output_specs(after)]
     expected = modelio.run(before, feeds)
     try:

@@ -18,7 +18,7 @@ import pytest
 
 from onnxprune import api, modelio
 from onnxprune.analysis import analyze
-from onnxprune.analysis.groups import ChannelGroup
+from onnxprune.analysis.groups import ChannelGroup, balance_blocks
 from onnxprune.plan import Plan
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,10 +65,19 @@ def computed_weight_model(weight_node: onnx.NodeProto,
     return model
 
 
+SIZE = (28, 28)  # the detector-style samples declare (batch, 1, height, width)
+
+
+def at_size(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` with symbolic input height and width fixed at :data:`SIZE`, shapes known."""
+    dims = {name: [shape[1], *SIZE] for name, shape in modelio.open_dims(model).items()}
+    return modelio.observe_shapes(modelio.with_input_dims(model, dims)) if dims else model
+
+
 @cache
 def normalized(path: Path) -> onnx.ModelProto:
-    """The normalised sample model (cached: tests must not modify it)."""
-    return api.normalize(path)[0]
+    """The normalised sample model at :data:`SIZE` (cached: tests must not modify it)."""
+    return at_size(api.normalize(path)[0])
 
 
 def groups_of(model: onnx.ModelProto) -> list[ChannelGroup]:
@@ -84,8 +93,8 @@ def random_plan(groups: list[ChannelGroup], seed: int, keep_fraction: float = 0.
         if g.blocked:
             continue
         k = max(1, int(round(g.size * rng.uniform(0.2, 1.0) * keep_fraction * 2)))
-        keep[g.id] = tuple(sorted(int(i) for i in rng.choice(g.size, min(k, g.size),
-                                                             replace=False)))
+        chosen = rng.choice(g.size, min(k, g.size), replace=False)
+        keep[g.id] = balance_blocks(chosen, g.size, g.blocks)  # grouped Convs lose evenly
     return Plan(keep)
 
 

@@ -267,9 +267,10 @@ ROWS = [
     Row("10_zero_channel_conv", _model(write_zero_channel_conv, *HALF),
         r"{in}/zero\.onnx: Conv node 'conv1' has an empty weight \(0, 1, 3, 3\)"),
     Row("10_bench_symbolic_hw", _bench(write_symbolic_hw),
-        r"{in}/sym\.onnx: input 'input' has shape .*'H', 'W'.*bench needs fixed sizes"),
+        r"{in}/sym\.onnx: input 'input' has shape .*'H', 'W'.*give --input-size HxW"),
     # 11: messages that named no file or the wrong problem
-    Row("11_probe_names_the_file", _model(write_symbolic_hw, *HALF), r"{in}/sym\.onnx: "),
+    Row("11_symbolic_size_names_the_file_and_option", _model(write_symbolic_hw, *HALF),
+        r"{in}/sym\.onnx: input 'input' has shape \(batch, 1, H, W\): give --input-size"),
     Row("11_quantized", _model(write_quantized, *HALF),
         r"{in}/qdq\.onnx: a quantized model \(QuantizeLinear node"),
     # 12: a budget the method cannot meet is refused, not ignored

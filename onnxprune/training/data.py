@@ -153,8 +153,6 @@ def load_data(source: Any, spec: InputSpec, *, input_size: tuple[int, int] | Non
         return source
     where = _label(source)
     folder = isinstance(source, str | os.PathLike) and Path(source).is_dir()
-    if input_size is not None and not folder:
-        raise UsageError(f"--input-size resizes image folders; {where} is not one")
     if folder:
         x, y = _read_images(Path(source), spec, _size(input_size))
     elif isinstance(source, str | os.PathLike):

@@ -99,8 +99,10 @@ def test_mean_and_std_normalise_every_source_per_channel(tmp_path: Path) -> None
         datasets.load_data(tmp_path / "d.npz", spec, mean=[1, 2, 3])
     with pytest.raises(UsageError, match="--std must be positive"):
         datasets.load_data(tmp_path / "d.npz", spec, std=[1, 0])
-    with pytest.raises(UsageError, match="--input-size resizes image folders; .*d.npz is not"):
-        datasets.load_data(tmp_path / "d.npz", spec, input_size=(8, 8))
+    sized = datasets.load_data(tmp_path / "d.npz", spec, input_size=(8, 8))  # not resized:
+    with pytest.raises(UsageError, match=r"d\.npz: inputs have shape \(N, 2, 3, 3\) but model "
+                                         r"input 'x' expects \(N, 2, 8, 8\)"):  # checked
+        datasets.check(sized, InputSpec("x", ("N", 2, 8, 8), np.dtype(np.float32)))
 
 
 # image folders

@@ -23,11 +23,12 @@ import onnx
 import onnx.helper
 import onnx_graphsurgeon as gs
 import pytest
-from conftest import ROOT, groups_of, max_diff, normalized, random_plan, zeroed
+from conftest import ROOT, SIZE, at_size, groups_of, max_diff, normalized, random_plan, zeroed
 
 from onnxprune import api, metrics, modelio
-from onnxprune.analysis.groups import ChannelGroup
+from onnxprune.analysis.groups import ChannelGroup, balance_blocks
 from onnxprune.errors import UsageError
+from onnxprune.methods.budget import rounded_keep
 from onnxprune.passes import PruneContext, run_passes
 from onnxprune.passes.pipeline import PRUNE
 from onnxprune.plan import Plan
@@ -214,9 +215,11 @@ def test_removal_before_padded_conv_is_exact_in_the_interior(name: str) -> None:
 def _floor_flops(path: Path, round_to: int) -> float:
     """The FLOPs fraction left when every prunable group keeps ``round_to`` channels."""
     model = normalized(path)
-    plan = Plan({g.id: tuple(range(min(round_to, g.size)))
+    plan = Plan({g.id: balance_blocks([], g.size, g.blocks,
+                                      per_block=rounded_keep(1, g.size, round_to, g.blocks)
+                                      // g.blocks)
                  for g in groups_of(model) if not g.blocked})
-    pruned = api.apply_plan(model, plan)
+    pruned = modelio.observe_shapes(api.apply_plan(model, plan))
     return metrics.count(modelio.to_graph(pruned))[1] / metrics.count(modelio.to_graph(model))[1]
 
 
@@ -226,7 +229,7 @@ def _check_pruned(result: api.PruneResult, fraction: float) -> None:
     assert after["flops"] <= fraction * before["flops"]
     onnx.checker.check_model(result.model, full_check=True)
     modelio.session(result.model)
-    feeds = modelio.random_inputs(result.model, batch=2)
+    feeds = modelio.random_inputs(at_size(result.model), batch=2)
     assert np.isfinite(modelio.run(result.model, feeds)[0]).all()
 
 
@@ -243,15 +246,16 @@ def test_magnitude_meets_flops_budget_and_writes_checked_models(
     assert abs(floor - fraction) > 1e-6, "a budget on the floor tests neither branch"
     if floor > fraction:
         with pytest.raises(UsageError, match=f"cannot be met.* {floor:.3f} of the FLOPs"):
-            api.prune(sample, "magnitude", max_flops=fraction, round_to=round_to)
+            api.prune(sample, "magnitude", max_flops=fraction, round_to=round_to,
+                      input_size=SIZE)
         fraction = float(np.ceil(floor * 1000) / 1000)
-    _check_pruned(api.prune(sample, "magnitude", max_flops=fraction, round_to=round_to),
-                  fraction)
+    _check_pruned(api.prune(sample, "magnitude", max_flops=fraction, round_to=round_to,
+                            input_size=SIZE), fraction)
 
 
 def test_keep_everything_plan_gives_same_outputs(sample: Path) -> None:
     """A plan that keeps every channel writes a model with the same outputs (invariant 3)."""
-    original = modelio.load(sample)
+    original = at_size(modelio.load(sample))
     model = normalized(sample)
     plan = Plan({g.id: tuple(range(g.size)) for g in groups_of(model) if not g.blocked})
     pruned = api.apply_plan(model, plan)
@@ -263,7 +267,7 @@ def test_keep_everything_plan_gives_same_outputs(sample: Path) -> None:
 def test_input_file_is_never_modified(sample: Path, tmp_path: Path) -> None:
     """Invariant 5: the input file's bytes are the same after pruning and saving."""
     before = sample.read_bytes()
-    result = api.prune(sample, "magnitude", max_flops=0.5, round_to=1)
+    result = api.prune(sample, "magnitude", max_flops=0.5, round_to=1, input_size=SIZE)
     result.save(tmp_path / "out.onnx")
     assert sample.read_bytes() == before
     assert (tmp_path / "out.onnx").stat().st_size == result.report["after"]["bytes"]

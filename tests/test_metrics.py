@@ -6,7 +6,6 @@ of Li et al. (2017) is the published reference: 3.13e8 FLOPs.
 
 from __future__ import annotations
 
-from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -14,13 +13,12 @@ import onnx
 import onnx.helper
 import onnx.numpy_helper
 import pytest
-from conftest import computed_weight_model
+from conftest import computed_weight_model, normalized, random_plan
 from hypothesis import given
 from hypothesis import strategies as st
 
 from onnxprune import api, metrics, modelio
 from onnxprune.analysis import analyze
-from onnxprune.analysis.groups import ChannelGroup
 from onnxprune.methods.budget import rounded_keep
 from onnxprune.plan import Plan
 
@@ -118,35 +116,18 @@ def test_conv_with_a_computed_weight_is_counted() -> None:
 # --------------------------------------------------------------------------- planned shapes
 
 
-@cache
-def normalized_sample(name: str) -> onnx.ModelProto:
-    return api.normalize(SAMPLES / f"{name}.onnx")[0]
-
-
-def random_plan(groups: list[ChannelGroup], seed: int) -> Plan:
-    """Keep a random non-empty subset of each prunable group."""
-    rng = np.random.default_rng(seed)
-    keep = {}
-    for g in groups:
-        if g.blocked:
-            continue
-        k = int(rng.integers(1, g.size + 1))
-        keep[g.id] = tuple(sorted(int(i) for i in rng.choice(g.size, k, replace=False)))
-    return Plan(keep)
-
-
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("name", SAMPLE_NAMES)
 def test_planned_shapes_predict_the_pruned_model(name: str, seed: int) -> None:
-    normalized = normalized_sample(name)
-    graph = modelio.to_graph(normalized)
+    model = normalized(SAMPLES / f"{name}.onnx")
+    graph = modelio.to_graph(model)
     groups = analyze(graph)
     plan = random_plan(groups, seed)
     assert any(plan.removed(g).size for g in groups), "the plan must remove something"
 
     planned = metrics.planned_shapes(graph, groups, plan)
     predicted_params, predicted_flops = metrics.count(graph, planned)
-    pruned_graph = modelio.to_graph(api.apply_plan(normalized, plan))
+    pruned_graph = modelio.to_graph(modelio.observe_shapes(api.apply_plan(model, plan)))
     params, flops = metrics.count(pruned_graph)
 
     assert predicted_flops == flops
@@ -165,7 +146,7 @@ def test_planned_shapes_predict_the_pruned_model(name: str, seed: int) -> None:
 
 
 def test_planned_shapes_of_a_keep_everything_plan_are_the_weights() -> None:
-    graph = modelio.to_graph(normalized_sample("resnet"))
+    graph = modelio.to_graph(normalized(SAMPLES / "resnet.onnx"))
     groups = analyze(graph)
 
     assert metrics.planned_shapes(graph, groups, Plan()) == metrics.weight_shapes(graph)

@@ -66,8 +66,10 @@ def test_depthwise_conv_passes_group_through() -> None:
      {"w1": (6, 4, 1, 1), "w2": (2, 6, 1, 1)}, "mixes channels"),
     ("a = Conv(x, w1)\n b = Transpose<perm=[0,2,3,1]>(a)\n c = Flatten(b)\n y = Relu(c)",
      {"w1": (6, 4, 1, 1)}, "Transpose"),
-    ("a = Conv(x, w1)\n b = Conv<group=2>(a, w2)\n c = Conv(b, w3)\n y = Flatten(c)",
-     {"w1": (6, 4, 1, 1), "w2": (4, 3, 1, 1), "w3": (2, 4, 1, 1)}, "grouped Conv"),
+    ("a = Conv(x, w1)\n e = Conv(x, w0)\n k = Concat<axis=1>(a, e)\n"
+     " b = Conv<group=2>(k, w2)\n c = Conv(b, w3)\n y = Flatten(c)",
+     {"w1": (6, 4, 1, 1), "w0": (2, 4, 1, 1), "w2": (4, 4, 1, 1), "w3": (2, 4, 1, 1)},
+     "not one whole group"),
     ("a = Conv(x, w1)\n b = Add(a, x)\n c = Conv(b, w2)\n y = Flatten(c)",
      {"w1": (4, 4, 1, 1), "w2": (2, 4, 1, 1)}, "cannot be followed"),
     ("a = Conv(x, w1)\n b = Conv(a, w2)\n c = Conv(a, w2)\n d = Add(b, c)\n y = Flatten(d)",
@@ -113,7 +115,16 @@ def test_sample_models_group_shapes() -> None:
     assert any(g.depthwise and not g.blocked for g in mob), "depthwise pass-through"
     inc = groups_of(normalized(ROOT / "sample_models" / "inception.onnx"))
     assert any(s.offset > 0 for g in inc for s in g.consumers), "concat offsets"
+    rsx = groups_of(normalized(ROOT / "sample_models" / "resnext.onnx"))
+    assert any(g.blocks == 4 and not g.blocked for g in rsx), "grouped Conv, 4 groups"
+    yolo = groups_of(normalized(ROOT / "sample_models" / "yolo_c2f.onnx"))
+    assert any(e.node.endswith("Split") and not g.blocked for g in yolo for e in g.counts), \
+        "Split sizes follow the pruned halves"
+    # what still blocks, by sample: a residual Add onto half of a Split (YOLO's C2f), a channel
+    # shuffle whose shape is computed at run time (ShuffleNet); elsewhere only the logits
+    known = {"yolo_c2f": "adds channels from", "shufflenet": "mixes channels with other axes"}
     for path in (ROOT / "sample_models").glob("*.onnx"):
         gs_ = groups_of(normalized(path))
         assert sum(g.blocked is None for g in gs_) >= 2, path.name
-        assert all("graph output" in g.blocked for g in gs_ if g.blocked), path.name
+        allowed = ("graph output", known.get(path.stem, "graph output"))
+        assert all(any(a in g.blocked for a in allowed) for g in gs_ if g.blocked), path.name

@@ -1,15 +1,14 @@
 """Coverage of the sample models: how much of each one onnxprune can prune, and whether it works.
 
-For every .onnx in sample_models/ (and --models-dir, e.g. sample_models/new), one row per
+For every .onnx in sample_models/ (and --models-dir), one row per
 rounding (--round-to 1, and the default: this CPU's channel block):
 
 - ``FLOPs``: onnxprune's count (multiply-accumulates of Conv, ConvTranspose, Gemm, MatMul) at
   28x28; a symbolic-size model is counted on a copy whose input is fixed to 28x28.
-- ``prunable``: the share of those FLOPs in layers that touch at least one unblocked channel
-  group: weighted nodes named by a producer, passenger or consumer slice, or as a depthwise
-  conv, of a group that ``onnxprune.api.inspect`` leaves unblocked (they lose output or input
-  channels when it is pruned). ``prunable out``: the same for layers whose output channels
-  are such a group (a producer slice, or a depthwise conv). ``groups``: unblocked / all.
+- ``prunable``: the share of those FLOPs in layers that produce or consume the channels of an
+  unblocked group (``onnxprune inspect``'s figure, ``metrics.prunable_share``: they lose output
+  or input channels when it is pruned). ``prunable out``: the same for layers whose own output
+  channels are such a group (a producer, or a depthwise conv). ``groups``: unblocked / all.
 - ``checker``, ``onnxruntime``: magnitude pruning to --max-flops (0.6) with that rounding: does
   the result pass ``onnx.checker`` (full check), and at which input sizes does onnxruntime run
   it (28x28, and 32x32 for a symbolic-size model)?
@@ -19,7 +18,7 @@ rounding (--round-to 1, and the default: this CPU's channel block):
 A symbolic-size model is pruned with ``input_size=(28, 28)`` (the CLI's ``--input-size 28x28``).
 A step that fails puts its error message in the row instead of numbers.
 
-    python benchmarks/coverage.py [--models-dir sample_models/new] [--runs 30]
+    python benchmarks/coverage.py [--models-dir DIR] [--runs 30]
 """
 
 from __future__ import annotations
@@ -69,9 +68,8 @@ def _prune(original: onnx.ModelProto, symbolic: bool, round_to: int | None,
            args: argparse.Namespace) -> list[str]:
     """The checker, onnxruntime, FLOPs kept and speedup cells of one prune."""
     try:
-        extra = {"input_size": SIZE} if symbolic else {}
         pruned = api.prune(original, "magnitude", max_flops=args.max_flops, round_to=round_to,
-                           quiet=True, **extra).model
+                           quiet=True, input_size=SIZE).model
     except Exception as e:
         return [_error(e), "", "", ""]
     cells: list[str] = []
@@ -92,38 +90,26 @@ def _prune(original: onnx.ModelProto, symbolic: bool, round_to: int | None,
 
 def _coverage(model: onnx.ModelProto) -> list[str]:
     """The FLOPs (at 28x28), prunable, prunable out and groups cells."""
-    groups = api.inspect(model).groups
-    layers = api.inspect(_fixed(model)).layers
-    unknown = [layer.name for layer in layers if layer.flops is None]
-    if unknown:
-        raise ValueError(f"the FLOPs of {unknown[0]} are unknown at 28x28")
-    free = [g for g in groups if not g.blocked]
+    info = api.inspect(model, input_size=SIZE)
+    if info.flops is None:
+        unknown = next(layer.name for layer in info.layers if layer.flops is None)
+        raise ValueError(f"the FLOPs of {unknown} are unknown at 28x28")
+    free = [g for g in info.groups if not g.blocked]
     producing = {s.node for g in free for s in g.producers} | {n for g in free for n in g.depthwise}
-    touched = producing | {s.node for g in free for s in g.slices}
-    total = sum(layer.flops for layer in layers)
-    shares = [sum(la.flops for la in layers if la.name in names) / total
-              for names in (touched, producing)]
-    return [f"{total:,}", *(f"{share:.1%}" for share in shares), f"{len(free)}/{len(groups)}"]
+    out_share = sum(la.flops for la in info.layers if la.name in producing) / info.flops
+    return [f"{info.flops:,}", f"{info.prunable_share:.1%}", f"{out_share:.1%}",
+            f"{len(free)}/{len(info.groups)}"]
 
 
 def _symbolic_hw(model: onnx.ModelProto) -> bool:
     """Whether an input has a height or width that is not a fixed size."""
-    return any(not isinstance(d, int) for _, shape, _ in modelio.input_specs(model)
-               for d in shape[2:])
+    return bool(modelio.open_dims(model))
 
 
 def _fixed(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy whose input height and width are 28x28 (the batch stays symbolic)."""
-    if not _symbolic_hw(model):
-        return model
-    fixed = onnx.ModelProto()
-    fixed.CopyFrom(model)
-    for value in fixed.graph.input:
-        for dim, size in zip(value.type.tensor_type.shape.dim[2:], SIZE, strict=True):
-            dim.Clear()
-            dim.dim_value = size
-    del fixed.graph.value_info[:]
-    return fixed
+    """``model`` at 28x28 (the batch stays symbolic), its shapes known."""
+    dims = {name: [shape[1], *SIZE] for name, shape in modelio.open_dims(model).items()}
+    return modelio.observe_shapes(modelio.with_input_dims(model, dims)) if dims else model
 
 
 def _runs(model: onnx.ModelProto, sizes: list[tuple[int, int]]) -> str:

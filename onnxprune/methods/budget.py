@@ -23,7 +23,7 @@ import onnx_graphsurgeon as gs
 
 from onnxprune.analysis.groups import ChannelGroup, balance_blocks
 from onnxprune.errors import UsageError
-from onnxprune.metrics import count, planned_shapes
+from onnxprune.metrics import count, planned_shapes, prunable_share
 from onnxprune.plan import Plan
 
 
@@ -90,7 +90,9 @@ def plan_for_budget(graph: gs.Graph, groups: Sequence[ChannelGroup],
             f"the budget cannot be met: keeping {round_to if round_to > 1 else 1} channel(s) per "
             f"prunable group still leaves {flops / flops0:.3f} of the FLOPs and "
             f"{params / params0:.3f} of the parameters"
-            + ("; a smaller --round-to lets groups shrink further" if round_to > 1 else ""))
+            + ("; a smaller --round-to lets groups shrink further" if round_to > 1 else "")
+            + f" ({prunable_share(graph, groups):.1%} of the FLOPs are in layers whose channels "
+              "can be pruned; `onnxprune inspect` shows why the others are blocked)")
     lo, hi = 0, len(candidates) - 1  # fits(candidates[hi]) holds
     while lo < hi:
         mid = (lo + hi) // 2

@@ -5,10 +5,11 @@ rounding (--round-to 1, and the default: this CPU's channel block):
 
 - ``FLOPs``: onnxprune's count (multiply-accumulates of Conv, ConvTranspose, Gemm, MatMul) at
   28x28; a symbolic-size model is counted on a copy whose input is fixed to 28x28.
-- ``prunable``: the share of those FLOPs in layers that produce or consume the channels of an
-  unblocked group (``onnxprune inspect``'s figure, ``metrics.prunable_share``: they lose output
-  or input channels when it is pruned). ``prunable out``: the same for layers whose own output
-  channels are such a group (a producer, or a depthwise conv). ``groups``: unblocked / all.
+- ``prunable``: the share of those FLOPs in layers that produce, carry (depthwise) or consume
+  the channels of an unblocked group (``onnxprune inspect``'s figure,
+  ``metrics.prunable_share``: they lose output or input channels when it is pruned).
+  ``prunable out``: the same for layers whose own output channels are such a group (a
+  producer, or a depthwise conv). ``groups``: unblocked / all.
 - ``checker``, ``onnxruntime``: magnitude pruning to --max-flops (0.6) with that rounding: does
   the result pass ``onnx.checker`` (full check), and at which input sizes does onnxruntime run
   it (28x28, and 32x32 for a symbolic-size model)?
@@ -68,10 +69,11 @@ def _prune(original: onnx.ModelProto, symbolic: bool, round_to: int | None,
            args: argparse.Namespace) -> list[str]:
     """The checker, onnxruntime, FLOPs kept and speedup cells of one prune."""
     try:
-        pruned = api.prune(original, "magnitude", max_flops=args.max_flops, round_to=round_to,
-                           quiet=True, input_size=SIZE).model
+        result = api.prune(original, "magnitude", max_flops=args.max_flops, round_to=round_to,
+                           quiet=True, input_size=SIZE)
     except Exception as e:
         return [_error(e), "", "", ""]
+    pruned = result.model
     cells: list[str] = []
     try:
         cells.append(onnx.checker.check_model(pruned, full_check=True) or "passes")
@@ -80,7 +82,7 @@ def _prune(original: onnx.ModelProto, symbolic: bool, round_to: int | None,
     cells.append(_runs(pruned, [SIZE, OTHER_SIZE] if symbolic else [SIZE]))
     try:
         base, small = _fixed(original), _fixed(pruned)
-        cells.append(f"{api.inspect(small).flops / api.inspect(base).flops:.3f}")
+        cells.append(f"{result.report['after']['flops'] / result.report['before']['flops']:.3f}")
         times = metrics.latency([base, small], batch=args.batch, runs=args.runs, threads=1)
         cells.append(f"{times[0].median_ms / times[1].median_ms:.2f}x")
     except Exception as e:

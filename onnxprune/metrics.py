@@ -90,12 +90,14 @@ def count(graph: gs.Graph, shapes: Shapes | None = None) -> tuple[int, int | Non
 
 
 def prunable_share(graph: gs.Graph, groups: Sequence[ChannelGroup]) -> float | None:
-    """The share of the FLOPs in layers that produce or consume an unblocked group's channels.
+    """The share of the FLOPs in layers that produce, carry or consume an unblocked group.
 
-    Pruning can only make those layers cheaper, so a FLOPs budget below ``1 - share`` cannot
-    be met. None when the FLOPs are unknown.
+    A producer loses output channels, a consumer input channels, a depthwise Conv both; no
+    other layer gets cheaper, so a FLOPs budget below ``1 - share`` cannot be met. None when
+    the FLOPs are unknown.
     """
-    names = {s.node for g in groups if not g.blocked for s in g.producers + g.consumers}
+    free = [g for g in groups if not g.blocked]
+    names = {s.node for g in free for s in g.slices} | {n for g in free for n in g.depthwise}
     costs = [(layer.name, layer.flops) for layer in layers(graph)]
     if any(flops is None for _, flops in costs):
         return None

@@ -118,6 +118,10 @@ def test_prunable_share_counts_the_layers_of_unblocked_groups() -> None:
     assert info.prunable_share == pytest.approx((flops["wa"] + flops["wb"]) / info.flops)
     graph = modelio.to_graph(modelio.load(model))
     assert metrics.prunable_share(graph, []) == 0.0
+    # a depthwise Conv carries its group's channels (its kernel is a passenger): it counts
+    mobile = onnxprune.inspect(SAMPLE_DIR / "mobilenetv2.onnx")
+    depthwise = {n for g in mobile.groups if not g.blocked for n in g.depthwise}
+    assert depthwise and mobile.prunable_share == 1.0
 
 
 @NEEDS_EXE

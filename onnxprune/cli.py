@@ -16,6 +16,7 @@ from onnx_graphsurgeon.logger import G_LOGGER
 
 from onnxprune import api, methods, modelio, plot, report
 from onnxprune.errors import OnnxPruneError, UsageError
+from onnxprune.methods.magnitude import IMPORTANCES, MagnitudeOptions
 from onnxprune.methods.pp import PpOptions
 
 EXIT_BAD_INPUT = 2
@@ -53,7 +54,8 @@ _PP_OPTIONS = (
     ("epochs_per_round", click.IntRange(min=1), "training epochs per round"),
     ("rounds", click.IntRange(min=1), "at most this many rounds"),
 )
-_METHOD_OPTIONS = ("sparsity", "granularity", "layer_sparsity", "tolerance",
+_METHOD_OPTIONS = ("sparsity", "granularity", "layer_sparsity", "tolerance", "importance",
+                   "calibration_samples", "reconstruction",
                    *(name for name, _, _ in _PP_OPTIONS))
 
 
@@ -128,6 +130,15 @@ def _parsed(options: dict[str, Any]) -> dict[str, Any]:
               help="Accuracy points the method may lose on the validation data (pp: default "
                    f"{PpOptions().tolerance}).")
 @_pp_options
+@click.option("--importance", type=click.Choice(list(IMPORTANCES)),
+              help="magnitude: how channels are scored: l1 (weights, the default) or "
+                   "reconstruction (consumer-output error measured on --data).")
+@click.option("--calibration-samples", type=click.IntRange(min=1),
+              help=f"magnitude: read at most N --data inputs to calibrate one-shot pruning "
+                   f"(default {MagnitudeOptions().calibration_samples}).")
+@click.option("--reconstruction/--no-reconstruction", default=None,
+              help="magnitude: refit the layers after pruned channels on --data (default: on "
+                   "with --data).")
 @click.option("--plot", "plot_path", type=click.Path(path_type=Path),
               help="Draw the method's stages or rounds (quality against size) into this PNG "
                    "(needs matplotlib: pip install 'onnxprune[plot]').")

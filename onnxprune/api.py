@@ -118,9 +118,9 @@ def prune(model: modelio.ModelLike, method: str = "magnitude", *,
     plan = chosen.run(context)
     pruned = apply_plan(modelio.with_initializers(work, plan.weights), plan)
     verify.check_runs(work, pruned)
-    training = None
+    training, untrained = None, pruned
     if epochs > 0:
-        pruned, training = finetune(pruned, work, prepared.train, config)
+        pruned, training = finetune(pruned, work, prepared.train, config, val=prepared.val)
         verify.check_model(pruned)
         verify.check_runs(work, pruned)
     written = pruned
@@ -129,7 +129,7 @@ def prune(model: modelio.ModelLike, method: str = "magnitude", *,
         verify.check_runs(normalized, written, dims=sizing.second_size(normalized, dims))
     report = build_report(
         method=method, source=model, prepared=prepared, normalized=work, pruned=pruned,
-        written=written, plan=plan, groups=groups, training=training,
+        written=written, plan=plan, groups=groups, training=training, untrained=untrained,
         options={"max_flops": max_flops, "max_params": max_params,
                  "round_to": context.round_to, "epochs": epochs, "lr": lr,
                  "batch_size": batch_size, "device": device, "seed": seed,

@@ -4,6 +4,11 @@ It says what was asked (method, options, data), what the model was and became (p
 FLOPs, bytes, non-zero weights; accuracy or agreement on the validation data), what the method
 logged (stages, rounds), how fine-tuning went, the shadow's parity with onnxruntime on the
 written model, and which channel groups were pruned or blocked and why.
+
+``fidelity`` compares every graph output with the original model's (cosine similarity,
+relative L2 error, top-1 agreement for classifiers; see :mod:`onnxprune.fidelity`) after
+pruning and after fine-tuning, on the validation data, or on seeded random inputs when there
+is none or it is synthetic (``"inputs": "random"``).
 """
 
 from __future__ import annotations
@@ -18,10 +23,13 @@ import onnx
 
 from onnxprune import metrics, modelio, sparse, verify
 from onnxprune.analysis.groups import ChannelGroup
+from onnxprune.fidelity import fidelity
 from onnxprune.modelio import UPGRADED_FROM
 from onnxprune.plan import Plan
 from onnxprune.training.finetune import quality
 from onnxprune.training.prepare import Prepared
+
+RANDOM_SAMPLES = 32  # seeded random inputs that measure fidelity when there is no data
 
 
 def source_name(source: Any) -> str:
@@ -34,11 +42,14 @@ def source_name(source: Any) -> str:
 def build_report(*, method: str, source: modelio.ModelLike, options: dict[str, Any],
                  prepared: Prepared, normalized: onnx.ModelProto, pruned: onnx.ModelProto,
                  written: onnx.ModelProto, plan: Plan, groups: tuple[ChannelGroup, ...],
-                 training: dict[str, Any] | None) -> dict[str, Any]:
+                 training: dict[str, Any] | None,
+                 untrained: onnx.ModelProto | None = None) -> dict[str, Any]:
     """The report of one prune of ``source`` (normalised to ``normalized``) into ``pruned``.
 
     ``normalized`` and ``pruned`` are at the size the run measured them at; ``written`` is
     ``pruned`` as it is written (with the input's symbolic sizes, if it had them).
+    ``untrained`` is the pruned model before fine-tuning (when ``training`` says it ran);
+    without it the fidelity after pruning alone is None.
     """
     return {
         "method": method,
@@ -57,12 +68,33 @@ def build_report(*, method: str, source: modelio.ModelLike, options: dict[str, A
         "after": {**summary(pruned), **quality(pruned, normalized, prepared.val)},
         **plan.log,
         "training": training,
+        "fidelity": report_fidelity(normalized, pruned, untrained, prepared,
+                                    finetuned=training is not None),
         "parity_max_abs_diff": verify.shadow_parity(pruned, prepared.val),
         "groups": {"total": len(groups), "pruned": sum(plan.removed(g).size > 0 for g in groups),
                    "blocked": sum(g.blocked is not None for g in groups)},
         "blocked": [{"group": g.id, "reason": g.blocked} for g in groups if g.blocked],
         "plan": {gid: len(kept) for gid, kept in plan.keep.items()},
     }
+
+
+def report_fidelity(original: onnx.ModelProto, pruned: onnx.ModelProto,
+                    untrained: onnx.ModelProto | None, prepared: Prepared, *,
+                    finetuned: bool) -> dict[str, Any]:
+    """The report's ``fidelity``: each output of the pruned model against ``original``.
+
+    ``after_prune`` is ``pruned`` itself when there was no fine-tuning, else ``untrained``
+    (None when not given); ``after_finetune`` is ``pruned`` after fine-tuning, else None.
+    """
+    models = {"after_finetune": pruned} if finetuned else {"after_prune": pruned}
+    if finetuned and untrained is not None:
+        models["after_prune"] = untrained
+    val = prepared.val if prepared.val is not None and len(prepared.val) else None
+    found = fidelity(models, original, val, random_samples=RANDOM_SAMPLES)
+    return {"inputs": "random" if val is None or prepared.synthetic else "validation",
+            "samples": len(val) if val is not None else RANDOM_SAMPLES,
+            "after_prune": found.get("after_prune"),
+            "after_finetune": found.get("after_finetune")}
 
 
 def _shapes(model: onnx.ModelProto) -> dict[str, list[int | str]]:

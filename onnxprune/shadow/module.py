@@ -22,13 +22,18 @@ Exported graphs have BatchNorm folded into their convolutions, and such networks
 worse. :meth:`ShadowModel.add_batchnorm` puts a BatchNorm back after each biased Conv for
 training, calibrated on a batch so that the function is unchanged, and ``export()`` folds it
 into the Conv's weight and bias again: with ``s = gamma / sqrt(running_var + eps)``,
-``W' = s W`` and ``b' = s (b - running_mean) + beta``.
+``W' = s W`` and ``b' = s (b - running_mean) + beta``. The calibration streams: per-channel
+sums and sums of squares accumulate over batches, so its memory does not grow with the data.
+
+A graph output made by a final Sigmoid, Softmax or LogSoftmax saturates; distillation compares
+the values before it. :attr:`ShadowModel.output_kinds` says, per output, which op made it and
+which tensor holds its logits, and :meth:`ShadowModel.forward_logits` returns those tensors.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,6 +54,26 @@ _TRAINED = {"Conv": (1, 2), "ConvTranspose": (1, 2), "Gemm": (0, 1, 2), "MatMul"
             "LayerNormalization": (1, 2), "GroupNormalization": (1, 2)}
 
 _LAYERS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
+
+_SQUASHES = frozenset({"Sigmoid", "Softmax", "LogSoftmax"})
+
+
+@dataclass(frozen=True)
+class OutputKind:
+    """How a graph output is made, for distillation.
+
+    Attributes:
+        activation: "Sigmoid", "Softmax" or "LogSoftmax" when that op makes the output, else
+            None.
+        logits: The tensor distillation compares: the activation's input, else the output.
+        axis: The Softmax / LogSoftmax axis (as the op reads it).
+        flatten: True before opset 13, when Softmax normalises over all dims from ``axis`` on.
+    """
+
+    activation: str | None
+    logits: str
+    axis: int = -1
+    flatten: bool = False
 
 
 @dataclass(frozen=True)
@@ -75,6 +100,7 @@ class ShadowModel(nn.Module):
         graph = modelio.to_graph(self._proto)
         self.input_names = tuple(t.name for t in graph.inputs)
         self.output_names = tuple(t.name for t in graph.outputs)
+        self.output_kinds = tuple(_output_kind(t, graph.opset) for t in graph.outputs)
         self._keys: dict[str, str] = {}
         self.weights = nn.ParameterDict()
         trained = {n.inputs[i].name for n in graph.nodes for i in _TRAINED.get(n.op, ())
@@ -83,6 +109,7 @@ class ShadowModel(nn.Module):
             if isinstance(tensor, gs.Constant):
                 self._add_constant(name, np.asarray(tensor.values), trainable=name in trained)
         self._steps = [self._step(node, graph.opset, i) for i, node in enumerate(graph.nodes)]
+        self._dead = _last_uses(self._steps, set(self._keys))
         self._masks: dict[str, str] = {}
         readers = {name: len(t.outputs) for name, t in graph.tensors().items()}
         self._foldable = [i for i, (step, node) in enumerate(zip(self._steps, graph.nodes,
@@ -173,20 +200,33 @@ class ShadowModel(nn.Module):
             yield name, value * getattr(self, mask_key) if mask_key else value
 
     # -- BatchNorm for training -------------------------------------------------------------
-    def add_batchnorm(self, x: torch.Tensor) -> int:
-        """Insert a BatchNorm after every biased Conv, calibrated so ``forward(x)`` is unchanged.
+    def add_batchnorm(self, x: torch.Tensor | Iterable[torch.Tensor]) -> int:
+        """Insert a BatchNorm after every biased Conv, calibrated so the function is unchanged.
 
-        Returns how many were inserted. Convolutions whose weight or bias is shared, frozen or
-        absent get none.
+        ``x`` is a batch or an iterable of batches; the statistics of each Conv's output over
+        all of them set the new BatchNorm (running mean and variance, and bias and scale that
+        undo them), one batch in memory at a time. Returns how many BatchNorms there are.
+        Convolutions whose weight or bias is shared, frozen or absent get none.
         """
+        sums: dict[int, list[Any]] = {}  # step -> [count, sum, sum of squares], per channel
+        foldable = set(self._foldable)
+
+        def observe(i: int, y: torch.Tensor) -> None:
+            if i not in foldable or y.ndim != 4 or str(i) in self.batchnorms:
+                return
+            y = y.double()
+            got = sums.setdefault(i, [0, 0.0, 0.0])
+            got[0] += y.numel() // y.shape[1]
+            got[1] = got[1] + y.sum((0, 2, 3))
+            got[2] = got[2] + y.square().sum((0, 2, 3))
+
         with torch.no_grad():
-            env = self._run((x,))
-        for i in self._foldable:
-            y = env[self._steps[i].outputs[0]]
-            if y.ndim != 4 or str(i) in self.batchnorms:
-                continue
-            mean, var = y.mean((0, 2, 3)), y.var((0, 2, 3), unbiased=False)
-            bn = nn.BatchNorm2d(y.shape[1]).to(y.device)
+            for batch in [x] if isinstance(x, torch.Tensor) else x:
+                self._run((batch,), keep=frozenset(), tap=observe)
+        for i, (count, total, squares) in sums.items():
+            mean = total / count
+            var = (squares / count - mean.square()).clamp_min(0)
+            bn = nn.BatchNorm2d(len(mean)).to(mean.device)
             with torch.no_grad():
                 bn.weight.copy_(torch.sqrt(var + bn.eps))
                 bn.bias.copy_(mean)
@@ -211,12 +251,30 @@ class ShadowModel(nn.Module):
     # -- execution -------------------------------------------------------------------------
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
         """Run the graph on ``inputs`` (in graph-input order)."""
-        env = self._run(inputs)
-        outputs = tuple(env[name] for name in self.output_names)
+        outputs = self.tensors(inputs, self.output_names)
         return outputs[0] if len(outputs) == 1 else outputs
 
-    def _run(self, inputs: tuple[torch.Tensor, ...]) -> dict[str, Any]:
-        """Every tensor of the graph, computed from ``inputs``."""
+    def forward_logits(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Per graph output, the values before its final Sigmoid / Softmax / LogSoftmax.
+
+        An output made by another op is returned as it is (see :attr:`output_kinds`).
+        """
+        return self.tensors(inputs, [kind.logits for kind in self.output_kinds])
+
+    def tensors(self, inputs: Sequence[torch.Tensor],
+                names: Sequence[str]) -> tuple[torch.Tensor, ...]:
+        """The graph tensors ``names`` computed from ``inputs``; the others are freed early."""
+        env = self._run(tuple(inputs), keep=frozenset(names))
+        return tuple(env[name] for name in names)
+
+    def _run(self, inputs: tuple[torch.Tensor, ...], keep: frozenset[str] | None = None,
+             tap: Callable[[int, torch.Tensor], None] | None = None) -> dict[str, Any]:
+        """The tensors of the graph computed from ``inputs``.
+
+        Every tensor when ``keep`` is None; otherwise the names in ``keep`` (and the
+        constants), each other tensor dropped after its last reader. ``tap(i, y)`` sees the
+        (single) output of every step ``i``.
+        """
         if len(inputs) != len(self.input_names):
             raise ValueError(f"the model takes {len(self.input_names)} input(s), "
                              f"got {len(inputs)}")
@@ -234,6 +292,12 @@ class ShadowModel(nn.Module):
             else:
                 bn = bns[str(i)] if bns and str(i) in bns else None
                 env[step.outputs[0]] = bn(result) if bn is not None else result
+                if tap is not None:
+                    tap(i, result)
+            if keep is not None:
+                for name in self._dead[i]:
+                    if name not in keep:
+                        env.pop(name, None)
         return env
 
     def export(self) -> onnx.ModelProto:
@@ -266,6 +330,31 @@ def _added_biases(graph: gs.Graph) -> set[str]:
                     and other.inputs[0].op in _LAYERS):
                 found.add(const.name)
     return found
+
+
+def _output_kind(tensor: gs.Tensor, opset: int) -> OutputKind:
+    """How graph output ``tensor`` is made: by a final Sigmoid / Softmax / LogSoftmax or not."""
+    node = tensor.inputs[0] if tensor.inputs else None
+    if node is None or node.op not in _SQUASHES or (node.domain or "") not in ("", "ai.onnx"):
+        return OutputKind(None, tensor.name)
+    if node.op == "Sigmoid":
+        return OutputKind("Sigmoid", node.inputs[0].name)
+    legacy = opset < 13
+    return OutputKind(node.op, node.inputs[0].name, int(node.attrs.get("axis", 1 if legacy
+                                                                         else -1)), legacy)
+
+
+def _last_uses(steps: Sequence[_Step], constants: set[str]) -> list[tuple[str, ...]]:
+    """Per step, the non-constant tensors no later step reads (they may be freed after it)."""
+    last: dict[str, int] = {}
+    for i, step in enumerate(steps):
+        for name in (*step.inputs, *step.outputs):
+            last[name] = i
+    dead: list[list[str]] = [[] for _ in steps]
+    for name, i in last.items():
+        if name and name not in constants:
+            dead[i].append(name)
+    return [tuple(names) for names in dead]
 
 
 def _unique_key(name: str, taken: Any) -> str:

@@ -1,12 +1,15 @@
 """Retraining around a prune: fine-tuning a model through its shadow, and measuring it.
 
 With labels the quality is accuracy; without labels it is agreement with the original model
-(top-1 match and output error), and fine-tuning distils from the original.
+(top-1 match and output error), and fine-tuning distils from the original. Given held-out
+data, fine-tuning scores it after every epoch and returns the best epoch (see
+:class:`onnxprune.training.loop.KeepBest`), so more epochs never leave a worse model.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import onnx
@@ -14,19 +17,37 @@ import torch
 
 from onnxprune.shadow import ShadowModel
 from onnxprune.training import data as datasets
-from onnxprune.training.loop import TrainConfig, evaluate, train
+from onnxprune.training.loop import KeepBest, TrainConfig, evaluate, train
+
+CALIBRATION_SAMPLES = 256  # inputs that calibrate the inserted BatchNorms, a batch at a time
 
 
 def finetune(pruned: onnx.ModelProto, original: onnx.ModelProto, data: datasets.Dataset,
-             config: TrainConfig) -> tuple[onnx.ModelProto, dict[str, Any]]:
-    """Train ``pruned`` through its shadow; return the trained model and a training summary."""
+             config: TrainConfig, val: datasets.Dataset | None = None,
+             ) -> tuple[onnx.ModelProto, dict[str, Any]]:
+    """Train ``pruned`` through its shadow; return the trained model and a training summary.
+
+    Unlabelled ``data`` distils from ``original``. With ``val`` each epoch is scored on it
+    (accuracy when labelled, else the relative L2 error to ``original``) and the best one,
+    the untrained weights included (epoch 0), is returned; the summary's ``validation`` says
+    which.
+    """
     shadow = trainable_shadow(pruned, data, config)
     teacher = None if data.labelled else ShadowModel(original)
+    keeper = None
+    if val is not None and len(val) and config.epochs > 0:
+        keeper = KeepBest(val, None if val.labelled else original,
+                          batch_size=config.batch_size)
+        keeper.start(shadow)
     start = time.perf_counter()
-    history = train(shadow, data, config, teacher=teacher)
+    history = train(shadow, data, config, teacher=teacher,
+                    hooks=[keeper] if keeper is not None else ())
+    if keeper is not None:
+        keeper.restore(shadow)
     shadow.to("cpu")
     trained = shadow.export()
     return trained, {"epochs": config.epochs, "loss": history,
+                     "validation": keeper.summary() if keeper is not None else None,
                      "batchnorms_inserted": len(shadow.batchnorms),
                      "seconds": round(time.perf_counter() - start, 2)}
 
@@ -35,14 +56,26 @@ def trainable_shadow(model: onnx.ModelProto, data: datasets.Dataset | None,
                      config: TrainConfig) -> ShadowModel:
     """The shadow of ``model`` on ``config.device``, ready to train.
 
-    With ``config.batchnorm`` a BatchNorm follows each Conv, calibrated on a seeded batch of
-    ``data`` so the function is unchanged.
+    With ``config.batchnorm`` a BatchNorm follows each Conv, calibrated on a seeded draw of
+    up to :data:`CALIBRATION_SAMPLES` inputs of ``data``, streamed in batches of
+    ``config.batch_size``, so that the function is unchanged.
     """
-    shadow = ShadowModel(model).to(torch.device(config.device))
+    device = torch.device(config.device)
+    shadow = ShadowModel(model).to(device)
     if config.batchnorm and data is not None and len(data):
-        x = next(data.batches(min(len(data), 256), shuffle=True, seed=config.seed))[0]
-        shadow.add_batchnorm(x.to(torch.device(config.device)))
+        shadow.add_batchnorm(_calibration_batches(data, config, device))
     return shadow
+
+
+def _calibration_batches(data: datasets.Dataset, config: TrainConfig,
+                         device: torch.device) -> Iterator[torch.Tensor]:
+    """Seeded batches of ``data`` on ``device`` until :data:`CALIBRATION_SAMPLES` are out."""
+    left = CALIBRATION_SAMPLES
+    for x, _ in data.batches(min(config.batch_size, left), shuffle=True, seed=config.seed):
+        yield x[:left].to(device)
+        left -= len(x)
+        if left <= 0:
+            return
 
 
 def quality(model: onnx.ModelProto | torch.nn.Module, original: onnx.ModelProto | torch.nn.Module,

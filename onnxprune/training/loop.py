@@ -1,10 +1,22 @@
 """The one training loop every method uses, its hooks, and evaluation.
 
-Loss: cross-entropy when the data has labels; without labels the shadow *distils* from a
-teacher (the original model): KL divergence between softened class distributions for
-classifier outputs (2-D, several classes), mean squared error for any other output. Methods
-add to it through :class:`Hooks`: an extra loss term, a projection or mask update after each
-optimiser step, a decision at the end of each epoch.
+Loss: cross-entropy when the data has labels (on the logits when the first output is a final
+Softmax / LogSoftmax); without labels the shadow *distils* from a teacher (the original
+model), every output with the loss its kind calls for, averaged over the outputs:
+
+- an output made by a final Sigmoid: mean squared error of the values before it (the
+  logits). After the Sigmoid a saturated map has no gradient left, and the loss stays flat;
+- an output made by a final Softmax / LogSoftmax, or a raw 2-D output with several classes:
+  KL divergence between the class distributions softened by a temperature T, computed from
+  the logits along the op's axis and scaled by T^2;
+- any other output: mean squared error.
+
+Methods add to the loss through :class:`Hooks`: an extra loss term, a projection or mask update
+after each optimiser step, a decision at the end of each epoch. :class:`KeepBest` is such a
+hook: it scores held-out data after every epoch (accuracy with labels, else the relative L2
+error to a reference) and restores the best epoch's weights at the end.
+
+Evaluation streams: it runs the data in batches and keeps counts, never all the outputs.
 """
 
 from __future__ import annotations
@@ -12,7 +24,7 @@ from __future__ import annotations
 import math
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,9 +34,13 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from onnxprune import modelio
 from onnxprune.errors import TrainingError, UsageError
+from onnxprune.fidelity import Tally, input_batches, runner
+from onnxprune.shadow import ShadowModel
+from onnxprune.shadow.module import OutputKind
 from onnxprune.training.data import Dataset
+
+_SOFTMAXES = ("Softmax", "LogSoftmax")
 
 
 @dataclass(frozen=True)
@@ -94,13 +110,11 @@ def train(model: nn.Module, data: Dataset, config: TrainConfig, *,
         total, count, start = 0.0, 0, time.perf_counter()
         for x, y in data.batches(config.batch_size, shuffle=True, seed=config.seed + epoch):
             x = x.to(device)
-            output = _first(model(x))
             if y is not None:
-                loss = F.cross_entropy(output, y.to(device))
+                loss = F.cross_entropy(_class_scores(model, x), y.to(device))
             else:
-                with torch.no_grad():
-                    target = _first(teacher(x))
-                loss = distillation_loss(output, target)
+                assert teacher is not None
+                loss = distil(model, teacher, x)
             for hook in hooks:
                 extra = hook.extra_loss(model)
                 if extra is not None:
@@ -133,57 +147,192 @@ def progress(total: int, desc: str, quiet: bool, unit: str = "it") -> tqdm:
     return tqdm(total=total, desc=desc, unit=unit, disable=quiet or not sys.stderr.isatty())
 
 
-def distillation_loss(output: torch.Tensor, target: torch.Tensor,
-                      temperature: float = 2.0) -> torch.Tensor:
-    """KL divergence of softened class distributions for classifiers, else MSE."""
-    if output.ndim == 2 and output.shape[1] > 1:
-        t = temperature
-        return F.kl_div(F.log_softmax(output / t, 1), F.log_softmax(target / t, 1),
-                        reduction="batchmean", log_target=True) * t * t
+def distil(student: nn.Module, teacher: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The distillation loss of ``student`` against ``teacher`` on ``x``, over every output.
+
+    Two shadows compare the logits of their squashed outputs (:meth:`ShadowModel.forward_logits`)
+    with each output's loss; other modules compare what they return. Integer outputs are left
+    out; the losses of the others are averaged.
+    """
+    if isinstance(student, ShadowModel) and isinstance(teacher, ShadowModel):
+        outputs = student.forward_logits(x)
+        with torch.no_grad():
+            targets = teacher.forward_logits(x)
+        kinds: tuple[OutputKind | None, ...] = student.output_kinds
+    else:
+        outputs = _tuple(student(x))
+        with torch.no_grad():
+            targets = _tuple(teacher(x))
+        kinds = (None,) * len(outputs)
+    if len(outputs) != len(targets):
+        raise UsageError(f"the model has {len(outputs)} outputs and the model it distils from "
+                         f"{len(targets)}")
+    losses = [distillation_loss(o, t, kind=k) for o, t, k in zip(outputs, targets, kinds,
+                                                                  strict=True)
+              if o.is_floating_point()]
+    if not losses:
+        raise UsageError("the model has no float output to distil")
+    return torch.stack(losses).mean()
+
+
+def distillation_loss(output: torch.Tensor, target: torch.Tensor, temperature: float = 2.0,
+                      kind: OutputKind | None = None) -> torch.Tensor:
+    """The loss between one output of the student and the teacher, chosen by ``kind``.
+
+    ``output`` and ``target`` are logits when ``kind`` names a final Softmax / LogSoftmax
+    (KL divergence at ``temperature`` along its axis) or Sigmoid (MSE); without a kind, a 2-D
+    output with several classes is taken for class logits (KL), any other for values (MSE).
+    """
+    activation = kind.activation if kind is not None else None
+    if kind is not None and activation in _SOFTMAXES:
+        axis = kind.axis % max(output.ndim, 1)
+        if kind.flatten:
+            output, target = output.flatten(axis), target.flatten(axis)
+        classes = output.shape[axis]
+        return _soft_kl(output.movedim(axis, -1).reshape(-1, classes),
+                        target.movedim(axis, -1).reshape(-1, classes), temperature)
+    if activation is None and output.ndim == 2 and output.shape[1] > 1:
+        return _soft_kl(output, target, temperature)
     return F.mse_loss(output, target)
+
+
+def _soft_kl(output: torch.Tensor, target: torch.Tensor, t: float) -> torch.Tensor:
+    """KL(target || output) of the rows' softmax at temperature ``t``, times t^2."""
+    return F.kl_div(F.log_softmax(output / t, 1), F.log_softmax(target / t, 1),
+                    reduction="batchmean", log_target=True) * t * t
+
+
+def _class_scores(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """What cross-entropy reads: the first output, or its logits when a Softmax made it."""
+    if isinstance(model, ShadowModel) and model.output_kinds[0].activation in _SOFTMAXES:
+        return model.tensors((x,), [model.output_kinds[0].logits])[0]
+    return _tuple(model(x))[0]
+
+
+class KeepBest(Hooks):
+    """Score ``val`` after every epoch and give back the best epoch's weights.
+
+    The score is top-1 accuracy when ``val`` is labelled and there is no ``reference``
+    (higher is better), else the relative L2 error of the outputs to ``reference`` (an ONNX
+    model or a module), averaged over the outputs (lower is better). Call :meth:`start`
+    before training (epoch 0: the weights as they were), and :meth:`restore` after it.
+    """
+
+    def __init__(self, val: Dataset, reference: nn.Module | onnx.ModelProto | None = None, *,
+                 batch_size: int = 64) -> None:
+        if not val.labelled and reference is None:
+            raise UsageError("keeping the best epoch on unlabelled data needs a reference model")
+        self.val, self.reference, self.batch_size = val, reference, batch_size
+        self.metric = "accuracy" if val.labelled and reference is None else "rel_l2"
+        self.scores: list[float] = []
+        self.best_epoch = 0
+        self._best_score = math.nan
+        self._best: dict[str, torch.Tensor] | None = None
+
+    def start(self, model: nn.Module) -> None:
+        """Score the weights before training, as epoch 0."""
+        self._record(model, 0)
+
+    def end_epoch(self, model: nn.Module, epoch: int) -> None:
+        """Score epoch ``epoch + 1``; keep its weights when it is the best so far."""
+        self._record(model, epoch + 1)
+
+    def restore(self, model: nn.Module) -> None:
+        """Load the best epoch's weights into ``model``."""
+        if self._best is not None:
+            model.load_state_dict(self._best)
+
+    def summary(self) -> dict[str, object]:
+        """The metric, its value per epoch (0 = before training) and the epoch kept."""
+        return {"metric": self.metric, "scores": self.scores, "best_epoch": self.best_epoch}
+
+    def _record(self, model: nn.Module, epoch: int) -> None:
+        was_training = model.training
+        model.eval()
+        score = self.score(model)
+        model.train(was_training)
+        self.scores.append(score)
+        best = self._best_score
+        better = score > best if self.metric == "accuracy" else score < best
+        if self._best is None or better:
+            self.best_epoch, self._best_score = epoch, score
+            self._best = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    def score(self, model: nn.Module) -> float:
+        """The metric of ``model`` on the validation data."""
+        if self.metric == "accuracy":
+            return evaluate(model, self.val)["accuracy"]
+        run, ref = runner(model), runner(self.reference)  # type: ignore[arg-type]
+        tallies: list[Tally] = []
+        for feeds in input_batches(model, self.val, batch_size=self.batch_size):
+            got, want = run(feeds), ref(feeds)
+            tallies = tallies or [Tally() for _ in want]
+            for tally, a, b in zip(tallies, got, want, strict=True):
+                tally.add(a, b)
+        errors = [t.result().get("rel_l2", math.inf) for t in tallies]
+        value = float(np.mean(errors)) if errors else math.inf
+        return value if math.isfinite(value) else math.inf
 
 
 def predict(model: nn.Module | onnx.ModelProto, data: Dataset,
             batch_size: int = 256) -> np.ndarray:
-    """First output of ``model`` (a shadow or an ONNX model run in onnxruntime) on ``data``."""
-    outputs = []
-    if isinstance(model, onnx.ModelProto):
-        session = modelio.session(model, optimize=True)
-        name = session.get_inputs()[0].name
-        for x, _ in data.batches(batch_size):
-            outputs.append(modelio.run_session(session, {name: x.numpy()})[0])
-    else:
-        device = next(model.parameters()).device
-        model.eval()
-        with torch.no_grad():
-            for x, _ in data.batches(batch_size):
-                outputs.append(_first(model(x.to(device))).cpu().numpy())
-    return np.concatenate(outputs)
+    """First output of ``model`` (a shadow or an ONNX model run in onnxruntime) on ``data``.
+
+    It holds every output at once; :func:`evaluate` streams instead.
+    """
+    return np.concatenate(list(_first_outputs(model, data, batch_size)))
 
 
 def evaluate(model: nn.Module | onnx.ModelProto, data: Dataset, *,
-             reference: nn.Module | onnx.ModelProto | None = None) -> dict[str, float]:
-    """Score ``model`` on ``data``.
+             reference: nn.Module | onnx.ModelProto | None = None,
+             batch_size: int = 256) -> dict[str, float]:
+    """Score ``model`` on ``data``, one batch in memory at a time.
 
     Labelled data and no reference: top-1 accuracy (and top-5 over more than 5 classes).
     Otherwise agreement with ``reference``: top-1 match and the max abs output difference.
     """
-    out = predict(model, data)
-    result: dict[str, float] = {}
     if data.labelled and reference is None:
-        result["accuracy"] = float((out.argmax(1) == data.y).mean())
-        if out.shape[1] > 5:
-            top5 = np.argsort(-out, axis=1)[:, :5]
-            result["top5"] = float((top5 == data.y[:, None]).any(1).mean())
-        return result
+        return _accuracy(_first_outputs(model, data, batch_size), data)
     if reference is None:
         raise UsageError("unlabelled data: give a reference model to compare with")
-    ref = predict(reference, data)
-    if out.ndim == 2 and out.shape[1] > 1:
-        result["agreement"] = float((out.argmax(1) == ref.argmax(1)).mean())
-    result["output_error"] = float(np.abs(out - ref).max())
+    agreed, error, seen, classifier = 0, 0.0, 0, False
+    for out, ref in zip(_first_outputs(model, data, batch_size),
+                        _first_outputs(reference, data, batch_size), strict=True):
+        if out.ndim == 2 and out.shape[1] > 1:
+            classifier = True
+            agreed += int((out.argmax(1) == ref.argmax(1)).sum())
+        error = max(error, float(np.abs(out - ref).max()) if out.size else 0.0)
+        seen += len(out)
+    result = {"agreement": agreed / max(seen, 1)} if classifier else {}
+    return {**result, "output_error": error}
+
+
+def _accuracy(outputs: Iterator[np.ndarray], data: Dataset) -> dict[str, float]:
+    """Top-1 (and top-5 over more than 5 classes) accuracy of batched class scores."""
+    assert data.y is not None
+    top1 = top5 = seen = 0
+    classes = 0
+    for out in outputs:
+        y = data.y[seen:seen + len(out)]
+        classes = out.shape[1]
+        top1 += int((out.argmax(1) == y).sum())
+        top5 += int((np.argsort(-out, axis=1)[:, :5] == y[:, None]).any(1).sum())
+        seen += len(out)
+    result = {"accuracy": top1 / max(seen, 1)}
+    if classes > 5:
+        result["top5"] = top5 / max(seen, 1)
     return result
 
 
-def _first(output: torch.Tensor | tuple[torch.Tensor, ...]) -> torch.Tensor:
-    return output[0] if isinstance(output, tuple) else output
+def _first_outputs(model: nn.Module | onnx.ModelProto, data: Dataset,
+                   batch_size: int) -> Iterator[np.ndarray]:
+    """The first output of ``model`` on ``data``, batch by batch, in order (eval mode)."""
+    if isinstance(model, nn.Module):
+        model.eval()
+    run = runner(model)
+    for feeds in input_batches(model, data, batch_size=batch_size):
+        yield run(feeds)[0]
+
+
+def _tuple(output: torch.Tensor | tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    return output if isinstance(output, tuple) else (output,)

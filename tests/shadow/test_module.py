@@ -254,3 +254,56 @@ def test_export_writes_the_current_value_of_a_fixed_constant() -> None:
     feeds = modelio.random_inputs(model, batch=2)
     assert np.abs(modelio.run(shadow.export(), feeds)[0]
                   - _run_shadow(shadow, feeds)[0]).max() <= 1e-4
+
+
+@pytest.mark.parametrize("op, opset, axis, flatten", [
+    ("Sigmoid", 13, -1, False), ("Softmax", 13, -1, False), ("LogSoftmax", 13, -1, False),
+    ("Softmax", 11, 1, True), ("Relu", 13, -1, False)])
+def test_forward_logits_returns_the_values_before_a_final_squashing_op(
+        op: str, opset: int, axis: int, flatten: bool) -> None:
+    text = (f'<ir_version: 7, opset_import: ["": {opset}]> g (float[N,6] x) => '
+            f'(float[N,3] y, float[N,3] z) <float[6,3] w = {{{",".join(["0.5"] * 18)}}}> '
+            f'{{ h = MatMul(x, w)\n y = {op}(h)\n z = Identity(h) }}')
+    model = modelio.load(onnx.parser.parse_model(text))
+    shadow = ShadowModel(model)
+    squashed = op != "Relu"
+    kind = shadow.output_kinds[0]
+    assert (kind.activation, kind.logits) == ((op, "h") if squashed else (None, "y"))
+    assert (kind.axis, kind.flatten) == ((axis, flatten) if squashed else (-1, False))
+    assert shadow.output_kinds[1].activation is None
+    x = torch.randn(4, 6)
+    logits, other = shadow.forward_logits(x)
+    y, z = shadow(x)
+    torch.testing.assert_close(logits, z if squashed else y)
+    torch.testing.assert_close(other, z)
+
+
+def test_batchnorm_calibration_streams_batches_to_the_same_statistics() -> None:
+    model = normalized(ROOT / "sample_models" / "resnet.onnx")
+    x = torch.from_numpy(np.load(ROOT / "sample_models" / "digits.npz")["x"][:96])
+    whole, streamed = ShadowModel(model), ShadowModel(model)
+    assert whole.add_batchnorm(x) == streamed.add_batchnorm(iter(x.split(20))) > 0
+    for key, bn in whole.batchnorms.items():
+        other = streamed.batchnorms[key]
+        torch.testing.assert_close(other.running_mean, bn.running_mean, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(other.running_var, bn.running_var, rtol=1e-4, atol=1e-5)
+    with torch.no_grad():  # eval mode: the running statistics; the function is unchanged
+        torch.testing.assert_close(streamed.eval()(x), ShadowModel(model)(x), rtol=0,
+                                   atol=1e-3)
+
+
+def test_tensors_returns_intermediate_values_and_frees_the_rest() -> None:
+    model = normalized(ROOT / "sample_models" / "lenet5.onnx")
+    shadow = ShadowModel(model).eval()
+    x = torch.from_numpy(np.load(ROOT / "sample_models" / "digits.npz")["x"][:4])
+    with torch.no_grad():
+        env = shadow._run((x,))
+        kept = shadow._run((x,), keep=frozenset(shadow.output_names))
+        names = [n for n, v in env.items() if isinstance(v, torch.Tensor) and n not in
+                 dict(shadow.values()) and n != shadow.input_names[0]][:3]
+        got = shadow.tensors((x,), names)
+    for name, value in zip(names, got, strict=True):
+        torch.testing.assert_close(value, env[name])
+    computed = {n for n in env if n and n not in dict(shadow.values())}
+    assert {n for n in kept if n and n not in dict(shadow.values())} == set(shadow.output_names)
+    assert len(computed) > len(shadow.output_names) + 2

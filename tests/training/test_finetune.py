@@ -5,15 +5,19 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT
+from conftest import ROOT, normalized
 
 import onnxprune
 from onnxprune import modelio
+from onnxprune.training import data as datasets
+from onnxprune.training.finetune import finetune
+from onnxprune.training.loop import TrainConfig, evaluate
 from onnxprune.training.prepare import SYNTHETIC_WARNING
 
 DIGITS = ROOT / "sample_models" / "digits.npz"
@@ -37,7 +41,9 @@ def test_magnitude_with_finetuning_reports_accuracy_and_parity() -> None:
 
 
 def test_finetuning_recovers_accuracy_lost_by_pruning() -> None:
-    kwargs = dict(max_flops=0.2, round_to=1, data=DIGITS, quiet=True)
+    """Without the calibration refit the one-shot model loses accuracy; training recovers it
+    (and, keeping its best epoch, never ends below where it started)."""
+    kwargs = dict(max_flops=0.2, round_to=1, data=DIGITS, quiet=True, reconstruction=False)
     untrained = onnxprune.prune(LENET, "magnitude", **kwargs).report["after"]["accuracy"]
     trained = onnxprune.prune(LENET, "magnitude", epochs=3, lr=0.02,
                               **kwargs).report["after"]["accuracy"]
@@ -98,3 +104,20 @@ def test_cli_eval_without_labels_or_reference_fails_cleanly(tmp_path: Path) -> N
                           capture_output=True, text=True, check=False)
     assert done.returncode == 2
     assert len(done.stderr.strip().splitlines()) == 1 and "--reference" in done.stderr
+
+
+def test_finetune_returns_the_best_epoch_when_training_makes_it_worse() -> None:
+    model = normalized(LENET)
+    digits = datasets.load_data(DIGITS, datasets.input_spec(model))
+    data, val = digits.subset(np.arange(256)), digits.subset(np.arange(1500, 1797))
+    untouched = evaluate(model, val)["accuracy"]
+    config = TrainConfig(epochs=2, lr=0.5, batch_size=32, quiet=True)  # far too large a step
+    trained, summary = finetune(model, model, data, config, val=val)
+    validation = summary["validation"]
+    assert validation["metric"] == "accuracy" and len(validation["scores"]) == 3
+    assert max(validation["scores"][1:]) < untouched - 0.3  # both epochs ruined it
+    assert validation["best_epoch"] == 0
+    assert validation["scores"][0] == pytest.approx(untouched, abs=0.01)  # BatchNorms inserted
+    assert evaluate(trained, val)["accuracy"] == pytest.approx(validation["scores"][0])
+    _, plain = finetune(model, model, data, replace(config, lr=0.01))
+    assert plain["validation"] is None and len(plain["loss"]) == 2

@@ -114,7 +114,8 @@ def prune(model: modelio.ModelLike, method: str = "magnitude", *,
     groups = _prunable_groups(graph)
     context = methods.Context(graph, groups, Budget(max_flops, max_params),
                               metrics.cpu_channel_block() if round_to is None else round_to,
-                              options, prepared.train, prepared.val, config, work)
+                              options, prepared.train, prepared.val, config, work,
+                              synthetic=prepared.synthetic)
     plan = chosen.run(context)
     pruned = apply_plan(modelio.with_initializers(work, plan.weights), plan)
     verify.check_runs(work, pruned)

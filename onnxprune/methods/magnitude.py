@@ -78,12 +78,11 @@ class MagnitudeOptions:
                              f"{self.calibration_samples}")
 
 
-def calibration(data: Dataset | None) -> Dataset | None:
+def calibration(ctx: Context) -> Dataset | None:
     """The user's data to calibrate on, or None (no --data; synthetic inputs do not count)."""
-    # prepare() draws "synthetic inputs" when training runs without --data (see data.synthetic)
-    if data is None or data.source == "synthetic inputs" or len(data) == 0:
+    if ctx.model is None or ctx.data is None or ctx.synthetic or not len(ctx.data):
         return None
-    return data
+    return ctx.data
 
 
 @register("magnitude")
@@ -99,7 +98,7 @@ class Magnitude:
         if ctx.budget.max_flops is None and ctx.budget.max_params is None:
             raise UsageError("magnitude needs a target: give --max-flops F or --max-params F")
         opts = MagnitudeOptions(**ctx.options)
-        data = calibration(ctx.data) if ctx.model is not None else None
+        data = calibration(ctx)
         if data is None:
             if opts.importance not in (None, "l1") or opts.reconstruction:
                 raise UsageError("--importance reconstruction and --reconstruction read "

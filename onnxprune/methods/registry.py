@@ -35,6 +35,7 @@ class Context:
     val_data: Dataset | None = None
     train: TrainConfig = field(default_factory=TrainConfig)
     model: onnx.ModelProto | None = None
+    synthetic: bool = False  # ``data`` was drawn at random (no --data), not given by the user
 
     @property
     def prunable(self) -> tuple[ChannelGroup, ...]:

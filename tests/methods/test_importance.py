@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from conftest import ROOT, groups_of, normalized
 
+import onnxprune
 from onnxprune import api, methods, modelio
 from onnxprune.errors import UsageError
 from onnxprune.methods.budget import Budget
@@ -97,3 +98,11 @@ def test_reconstruction_keeps_one_shot_closer_to_the_original(name: str) -> None
     (agree0, cos0), (agree1, cos1) = results[False], results[True]
     assert cos1 >= cos0 and agree1 >= agree0 - 0.01
     assert cos1 > 0.8
+
+
+def test_synthetic_training_inputs_are_not_calibration_data() -> None:
+    """Fine-tuning without --data draws random inputs; one-shot must not refit on them."""
+    result = onnxprune.prune(ROOT / "sample_models" / "lenet5.onnx", max_flops=0.5, round_to=1,
+                             epochs=1, quiet=True)
+    assert result.report["data"]["synthetic"] is True
+    assert result.report["oneshot"] == "weights only (no --data)"

@@ -1,8 +1,8 @@
 """Build, train and export the sample ONNX models of onnxprune.
 
 Rebuild everything in this folder with ``python sample_models/build.py`` (about 1.5 minutes on
-two CPU cores, 3 more for the models with symbolic input sizes; torch, onnxscript,
-onnx, onnxruntime and scikit-learn are needed). ``python sample_models/build.py resnext
+two CPU cores, 3 more for the models with symbolic input sizes, 1.5 more for dbnet; torch,
+onnxscript, onnx, onnxruntime and scikit-learn are needed). ``python sample_models/build.py resnext
 shufflenet`` builds only the files named (by stem) and leaves ``digits.npz`` alone;
 ``--out-dir DIR`` writes every file into DIR. Each model trains from the same seed whatever is
 built with it, so a subset build writes the same bytes as a full one. On a busy machine,
@@ -28,8 +28,13 @@ change made to an exported file is dropping the per-node Python stack traces of 
 torch.export-based exporter (see ``strip_stack_traces``), except for ``paddle_style.onnx``,
 which is rewritten by ``paddle_style``.
 
+``dbnet.onnx`` is not a classifier: a DBNet-style text detector trained on canvases of digits,
+built by ``build_detector.py`` (see there); it reads ``input`` (N, 1, H, W) and writes ``maps``
+(N, 1, H, W), a probability map.
+
 The model classes are importable (``from sample_models.build import ResNet``) so that the native
-torch definitions can be compared with what a pruner does to the exported graphs.
+torch definitions can be compared with what a pruner does to the exported graphs
+(``from sample_models.build_detector import DBNet, canvases`` for the detector).
 """
 
 import argparse
@@ -51,6 +56,11 @@ import torch.nn.functional as F
 from onnx import helper, numpy_helper  # noqa: TID251
 from sklearn.datasets import load_digits
 from torch import nn
+
+try:  # imported as sample_models.build
+    from sample_models import build_detector
+except ImportError:  # run as a script: this folder is on sys.path
+    import build_detector  # type: ignore[no-redef]
 
 N_TRAIN = 1437
 SPLIT_SEED = 0
@@ -858,7 +868,8 @@ def build(files: list[str] | None = None, out_dir: Path | None = None) -> list[B
     (into ``out_dir``, default here). Each model is trained from the same seed whichever files
     are chosen, so a subset build reproduces its files exactly.
     """
-    known = [spec.file.removesuffix(".onnx") for spec in EXPORTS]
+    detector = build_detector.FILE.removesuffix(".onnx")
+    known = [spec.file.removesuffix(".onnx") for spec in EXPORTS] + [detector]
     unknown = sorted(set(files or ()) - set(known))
     if unknown:
         raise SystemExit(f"unknown sample {', '.join(unknown)}; known: {', '.join(known)}")
@@ -919,7 +930,28 @@ def build(files: list[str] | None = None, out_dir: Path | None = None) -> list[B
             f"{' '.join(result.op_types)}"
         )
         results.append(result)
+    if not files or detector in files:
+        results.append(build_dbnet(x, train_idx, val_idx, out_dir))
     return results
+
+
+def build_dbnet(x: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray,
+                out_dir: Path | None) -> BuildResult:
+    """Build ``dbnet.onnx`` (:mod:`build_detector`); its accuracy is the held-out pixel F1."""
+    path = (out_dir or HERE) / build_detector.FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    proto, parameters, f1 = build_detector.build_dbnet(x, train_idx, val_idx, path)
+    result = BuildResult(
+        file=path.name,
+        size_bytes=path.stat().st_size,
+        parameters=parameters,
+        opset=next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")),
+        op_types=tuple(sorted({n.op_type for n in proto.graph.node})),
+        accuracy=f1,
+    )
+    print(f"{result.file:22s} {result.size_bytes / 1024:6.0f} KiB  opset {result.opset:2d}  "
+          f"{result.parameters:7d} params  pixel F1 {f1:.4f}  {' '.join(result.op_types)}")
+    return result
 
 
 def main() -> None:

@@ -63,3 +63,53 @@ def add_runs(b: GroupBuilder, segs: list[Seg], role: str, tensor: gs.Tensor, nod
     for s in segs:
         if s.gid is not None:
             b.add(s.gid, role, run_slice(s, tensor, node, axis))
+
+
+Entry = tuple[str, int] | None  # (tensor, axis) of a Shape entry, None for any other value
+
+
+def shape_entries(b: GroupBuilder, tensor: gs.Tensor, depth: int = 8) -> list[Entry] | None:
+    """The entries of a 1-D value computed at run time from ``Shape`` nodes.
+
+    Each entry is ``(name, axis)`` when it is dimension ``axis`` of tensor ``name``, read by a
+    ``Shape`` (through Slice, Gather, Unsqueeze, Squeeze, Cast, Identity and Concat on axis
+    0), else None. Returns None when the number of entries cannot be read. Example: an
+    exporter's ``sizes`` of a Resize to the height and width of ``y``, ``Concat(Slice(Shape(x),
+    [0], [2]), Cast(Concat(Unsqueeze(Gather(Shape(y), 2)), Unsqueeze(Gather(Shape(y), 3)))))``,
+    gives ``[("x", 0), ("x", 1), ("y", 2), ("y", 3)]``.
+    """
+    value = b.constant(tensor)
+    if value is not None:
+        return [None] * max(1, value.size) if value.ndim <= 1 else None
+    node = tensor.inputs[0] if len(tensor.inputs) == 1 and depth > 0 else None
+    if node is None:
+        return None
+    source = node.inputs[0] if node.inputs else None
+    if node.op == "Shape":
+        r = rank(source)
+        if r is None:
+            return None
+        start, end = int(attr(node, "start", 0)), int(attr(node, "end", r))
+        return [(source.name, a) for a in range(r)][slice(start, end)]
+    if node.op == "Concat" and int(attr(node, "axis", 0)) in (0, -1):
+        parts = [shape_entries(b, t, depth - 1) for t in node.inputs]
+        return None if any(p is None for p in parts) else [e for p in parts for e in p]
+    inner = shape_entries(b, source, depth - 1) if source is not None else None
+    if inner is None:
+        return None
+    if node.op in ("Cast", "Identity", "Unsqueeze", "Squeeze"):
+        return inner
+    if node.op == "Gather" and int(attr(node, "axis", 0)) == 0:
+        indices = b.constant(node.inputs[1])
+        if indices is None or not all(-len(inner) <= int(i) < len(inner) for i in indices.flat):
+            return None
+        return [inner[int(i)] for i in indices.flat]
+    if node.op == "Slice":  # opset 10 on: inputs; before: attributes
+        starts, ends, axes, steps = (attr_or_input(b, node, name, i) for i, name in
+                                     enumerate(("starts", "ends", "axes", "steps"), 1))
+        if starts is None or ends is None or len(starts) != 1 or \
+                (axes is not None and list(axes) not in ([0], [-1])) or \
+                (steps is not None and list(steps) != [1]):
+            return None
+        return inner[slice(int(starts[0]), int(ends[0]))]
+    return None

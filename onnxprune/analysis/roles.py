@@ -23,6 +23,7 @@ from onnxprune.analysis.common import (
     rank,
     run_count,
     run_slice,
+    shape_entries,
 )
 from onnxprune.analysis.groups import Seg, Slice
 from onnxprune.analysis.positions import concat, flatten, reshape, slice_, split, transpose
@@ -256,7 +257,10 @@ def resize(b: GroupBuilder, node: gs.Node) -> None:
     """Resize / Upsample: constant scales of 1 on batch and channels keep channels apart.
 
     Constant ``sizes`` (input 3) whose channel entry is the channel count keep them too,
-    and that entry counts the channels (it shrinks with them). Resize's ``axes`` (opset 18)
+    and that entry counts the channels (it shrinks with them); so do ``sizes`` computed at
+    run time whose batch and channel entries are the resized tensor's own, read by ``Shape``
+    (:func:`~onnxprune.analysis.common.shape_entries`), as exports of FPNs that upsample to
+    the size of the next level compute them. Resize's ``axes`` (opset 18)
     that leave out batch and channels keep them as well.
     """
     segs = b.layout(node.inputs[0])
@@ -274,8 +278,12 @@ def resize(b: GroupBuilder, node: gs.Node) -> None:
         for s in segs if ok else []:
             if s.gid is not None:
                 b.add_count(s.gid, run_count(s, node, 3, 1))
+    elif sizes_input is not None:  # computed at run time: batch and channels read by Shape
+        entries = shape_entries(b, sizes_input)
+        ok = entries is not None and entries[:2] == [(node.inputs[0].name, 0),
+                                                     (node.inputs[0].name, 1)]
     else:
-        ok = bool(scales) and sizes_input is None and np.allclose(scales[0][:2], 1.0)
+        ok = bool(scales) and np.allclose(scales[0][:2], 1.0)
     if ok:
         b.set_layout(node.outputs[0], segs)
     else:

@@ -4,17 +4,21 @@ After a plan removes channels, each consumer layer (a group-1 Conv, a Gemm, a Ma
 inputs) whose input loses positions is refit by ridge least squares so that, on calibration
 inputs, it reproduces the original model's output from what the pruned model feeds it:
 
-    min_{W_k, beta} || X_p[:, kept] W_k + 1 beta + f - Y_o ||^2 + lam ||(W_k, beta)||^2
+    min_{W_k, beta} || X_p[:, kept] W_k + 1 beta + f - Y_o ||^2 + lam ||(W_k, beta) - (W, b)_k||^2
 
 ``Y_o = X_o W + b`` is the original consumer's output on the original input ``X_o`` (im2col
 patch rows for a Conv, feature rows otherwise), ``X_p`` the input of the *pruned* model at
 that layer (sequential reconstruction: earlier layers are already refit), ``f`` the constant
 that :class:`~onnxprune.passes.fold_removed_channels.FoldRemovedChannelsPass` will add to the
 output for the removed channels' constant activations (computed here the way that pass does),
-and ``lam`` a ridge of ``ridge`` times the mean diagonal of the normal matrix. ``beta`` is the
-bias written, so once the pass folds ``f`` in, the layer computes exactly what was fit (even at
-a padded Conv's borders, where ``f`` is only the interior value). A layer without a bias
-initializer fits no ``beta`` (a MatMul, a bias-free Conv).
+and ``lam`` a ridge of ``ridge`` times the mean diagonal of the normal matrix. The ridge
+pulls towards the layer's own weights on the kept columns ``(W, b)_k`` (the plain prune), not
+towards zero: a huge ``lam`` gives the plain prune back. The default ``ridge`` 1e-3 had the
+best mean held-out agreement against 1e-5, 1e-2 and 1e-1 (vgg_bn, resnet, mobilenetv2,
+mobilenetv3 at 0.6 and 0.4 of the FLOPs; mobilenetv2 at 0.4: 0.880 against 0.851 at 1e-5).
+``beta`` is the bias written, so once the pass folds ``f`` in, the layer computes exactly what
+was fit (even at a padded Conv's borders, where ``f`` is only the interior value). A layer
+without a bias initializer fits no ``beta`` (a MatMul, a bias-free Conv).
 
 The pruned model is simulated by the normalised model with the removed channels' producer
 weights zeroed (biases kept: a removed channel then emits the constant the pass measures) and
@@ -217,11 +221,14 @@ class Normal:
         self.zy += z.T @ y
         self.rows += len(z)
 
-    def solve(self, ridge: float) -> np.ndarray:
-        """The ridge solution; ``ridge`` is relative to the mean diagonal of ``Z^T Z``."""
+    def solve(self, ridge: float, prior: torch.Tensor) -> np.ndarray:
+        """The ridge solution pulled towards ``prior`` (columns, outputs).
+
+        ``ridge`` is relative to the mean diagonal of ``Z^T Z``.
+        """
         lam = ridge * float(torch.diagonal(self.zz).mean().clamp_min(1e-12))
         eye = torch.eye(len(self.zz), dtype=self.zz.dtype)
-        return torch.linalg.solve(self.zz + lam * eye, self.zy).numpy()
+        return torch.linalg.solve(self.zz + lam * eye, self.zy + lam * prior).numpy()
 
 
 # -- streaming through the models ----------------------------------------------------------
@@ -295,7 +302,7 @@ def _levels(graph: gs.Graph, layers: Sequence[Layer]) -> list[list[Layer]]:
 
 
 def reconstruct(model: onnx.ModelProto, groups: Sequence[ChannelGroup], plan: Plan,
-                batches: Batches, *, ridge: float = 1e-5, positions: int = 64,
+                batches: Batches, *, ridge: float = 1e-3, positions: int = 64,
                 seed: int = 0) -> dict[str, np.ndarray]:
     """Refit the consumers of the channels ``plan`` removes; return their new initializers.
 
@@ -360,7 +367,10 @@ def _fit(level: Sequence[Layer], ref: Callable, sim: Callable, inputs: list[str]
     out = {}
     for layer in level:
         s = state[layer.node]
-        sol = s["normal"].solve(ridge)
+        prior = s["m"][torch.as_tensor(s["cols"])]
+        if layer.bias is not None:
+            prior = torch.cat([prior, s["b"][None]])
+        sol = s["normal"].solve(ridge, prior)
         m = s["m"].numpy().copy()
         m[s["cols"]] = sol[:len(s["cols"])]
         out[layer.weight] = from_matrix(layer, m, original[layer.weight])

@@ -75,6 +75,26 @@ def test_reconstruction_is_exact_when_kept_channels_span_the_removed(consumer: s
     assert max_diff([want], [before]) > 1e-2
 
 
+@pytest.mark.parametrize("consumer", ["conv3x3", "gemm"])
+def test_the_ridge_pulls_towards_the_original_weights(consumer: str) -> None:
+    """A huge ridge gives back the kept columns' original weights and bias; a small one moves."""
+    model = _two_layers(consumer)
+    groups = groups_of(model)
+    (group,) = [g for g in groups if not g.blocked]
+    plan = Plan({group.id: (0, 1, 2, 3, 4, 5)})
+    x = np.random.default_rng(1).standard_normal(
+        (32, *modelio.input_specs(model)[0][1][1:])).astype(np.float32)
+    original = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+
+    def refit(ridge: float) -> dict[str, np.ndarray]:
+        return rc.reconstruct(model, groups, plan, lambda: [torch.from_numpy(x)], ridge=ridge)
+
+    stiff, loose = refit(1e9), refit(1e-6)
+    np.testing.assert_allclose(stiff["w2"], original["w2"], atol=1e-5)
+    np.testing.assert_allclose(stiff["b2"], original["b2"], atol=1e-5)
+    assert np.abs(loose["w2"][:, :6] - original["w2"][:, :6]).max() > 1e-2
+
+
 def test_im2col_rows_match_the_convolution() -> None:
     rng = np.random.default_rng(0)
     w = rng.standard_normal((3, 4, 3, 2)).astype(np.float32)

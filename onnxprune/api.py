@@ -33,6 +33,7 @@ from onnxprune.passes.pipeline import CLEANUP, NORMALIZE, PRUNE
 from onnxprune.plan import Plan
 from onnxprune.report import build_report, source_name
 from onnxprune.shadow import ShadowModel
+from onnxprune.training.features import group_features
 from onnxprune.training.finetune import finetune
 from onnxprune.training.loop import TrainConfig
 from onnxprune.training.loop import evaluate as score
@@ -86,9 +87,10 @@ def prune(model: modelio.ModelLike, method: str = "magnitude", *,
           max_flops: float | None = None, max_params: float | None = None,
           round_to: int | None = None, data: Any = None, val_data: Any = None,
           input_size: tuple[int, int] | None = None, mean: list[float] | None = None,
-          std: list[float] | None = None, epochs: int = 0, lr: float = 0.05,
+          std: list[float] | None = None, epochs: int = 0, lr: float | None = None,
           batch_size: int = 64, device: str = "cpu", seed: int = 0, quiet: bool = False,
-          train_batchnorm: bool = True, **options: Any) -> PruneResult:
+          train_batchnorm: bool | None = None, distill_features: bool = False,
+          **options: Any) -> PruneResult:
     """Prune ``model`` (a path or ModelProto) with ``method`` and return the result.
 
     ``max_flops`` / ``max_params`` are the fractions of the original to keep; ``round_to``
@@ -97,10 +99,11 @@ def prune(model: modelio.ModelLike, method: str = "magnitude", *,
     ``epochs > 0`` fine-tunes the pruned model; ``val_data`` (default: a seeded 10 % of
     ``data``) measures it. The input is never modified. Raises
     :class:`onnxprune.OnnxPruneError` subclasses with a one-line reason.
-    ``train_batchnorm`` fine-tunes with a BatchNorm after each Conv, folded back on export.
+    ``lr`` and ``train_batchnorm`` (a BatchNorm after each Conv while training, folded back
+    on export) default by whether the data is labelled (:meth:`TrainConfig.for_data`);
+    ``distill_features`` makes label-free fine-tuning also match each group's kept channels
+    to the original's (:mod:`onnxprune.training.features`).
     """
-    config = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, device=device, seed=seed,
-                         quiet=quiet, batchnorm=train_batchnorm)
     chosen = _method(method, options, has_data=data is not None)
     if val_data is not None and data is None:
         raise UsageError("--val-data measures training on --data; give --data too")
@@ -108,6 +111,9 @@ def prune(model: modelio.ModelLike, method: str = "magnitude", *,
     work, dims, prepared = sizing.at_run_size(
         normalized, DataOptions(data, val_data, input_size, mean, std),
         needs_training=epochs > 0 or getattr(chosen, "trains", False))
+    config = TrainConfig.for_data(
+        prepared.train is not None and prepared.train.labelled, lr=lr, batchnorm=train_batchnorm,
+        epochs=epochs, batch_size=batch_size, device=device, seed=seed, quiet=quiet)
     if epochs > 0:
         ShadowModel(work)  # refuses an op the shadow cannot run, before any work
     graph = modelio.to_graph(work)
@@ -121,7 +127,9 @@ def prune(model: modelio.ModelLike, method: str = "magnitude", *,
     verify.check_runs(work, pruned)
     training, untrained = None, pruned
     if epochs > 0:
-        pruned, training = finetune(pruned, work, prepared.train, config, val=prepared.val)
+        features = group_features(graph, groups, plan) if distill_features else ()
+        pruned, training = finetune(pruned, work, prepared.train, config, val=prepared.val,
+                                    features=features)
         verify.check_model(pruned)
         verify.check_runs(work, pruned)
     written = pruned
@@ -132,9 +140,10 @@ def prune(model: modelio.ModelLike, method: str = "magnitude", *,
         method=method, source=model, prepared=prepared, normalized=work, pruned=pruned,
         written=written, plan=plan, groups=groups, training=training, untrained=untrained,
         options={"max_flops": max_flops, "max_params": max_params,
-                 "round_to": context.round_to, "epochs": epochs, "lr": lr,
+                 "round_to": context.round_to, "epochs": epochs, "lr": config.lr,
                  "batch_size": batch_size, "device": device, "seed": seed,
-                 "train_batchnorm": train_batchnorm, **options})
+                 "train_batchnorm": config.batchnorm, "distill_features": distill_features,
+                 **options})
     return PruneResult(written, plan, report, paths.files_read(model, data, val_data,
                                                              *options.values()))
 

@@ -16,7 +16,7 @@ from onnx_graphsurgeon.logger import G_LOGGER
 
 from onnxprune import api, methods, modelio, plot, report
 from onnxprune.errors import OnnxPruneError, UsageError
-from onnxprune.methods.magnitude import IMPORTANCES, MagnitudeOptions
+from onnxprune.methods.magnitude import ALLOCATIONS, IMPORTANCES, MagnitudeOptions
 from onnxprune.methods.pp import PpOptions
 
 EXIT_BAD_INPUT = 2
@@ -55,7 +55,7 @@ _PP_OPTIONS = (
     ("rounds", click.IntRange(min=1), "at most this many rounds"),
 )
 _METHOD_OPTIONS = ("sparsity", "granularity", "layer_sparsity", "tolerance", "importance",
-                   "calibration_samples", "reconstruction",
+                   "allocation", "calibration_samples", "reconstruction",
                    *(name for name, _, _ in _PP_OPTIONS))
 
 
@@ -131,8 +131,13 @@ def _parsed(options: dict[str, Any]) -> dict[str, Any]:
                    f"{PpOptions().tolerance}).")
 @_pp_options
 @click.option("--importance", type=click.Choice(list(IMPORTANCES)),
-              help="magnitude: how channels are scored: l1 (weights, the default) or "
-                   "reconstruction (consumer-output error measured on --data).")
+              help="magnitude: how channels are scored: taylor (first-order change of the "
+                   "outputs on --data, the default with --data), l1 (weights, the default "
+                   "without) or reconstruction (consumer-output error on --data).")
+@click.option("--allocation", type=click.Choice(list(ALLOCATIONS)),
+              help="magnitude: how the budget is spread over layers: sensitivity (least "
+                   "output degradation per FLOP saved, measured on --data; the default with "
+                   "--data) or global (one threshold on per-layer scores; without).")
 @click.option("--calibration-samples", type=click.IntRange(min=1),
               help=f"magnitude: read at most N --data inputs to calibrate one-shot pruning "
                    f"(default {MagnitudeOptions().calibration_samples}).")
@@ -145,13 +150,19 @@ def _parsed(options: dict[str, Any]) -> dict[str, Any]:
 @_data_options
 @click.option("--epochs", default=0, show_default=True, type=click.IntRange(min=0),
               help="Fine-tune the pruned model for this many epochs.")
-@click.option("--lr", default=0.05, show_default=True, type=float,
-              help="SGD learning rate (default chosen by benchmarks/magnitude_finetune_mnist.py).")
+@click.option("--lr", type=float,
+              help="SGD learning rate (default 0.05 with labels, from "
+                   "benchmarks/magnitude_finetune_mnist.py; 0.0003 distilling without, from "
+                   "benchmarks/distill_fidelity.py).")
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
 @click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--train-batchnorm/--no-train-batchnorm", default=True, show_default=True,
-              help="Fine-tune with a BatchNorm after each Conv, folded back on export.")
+@click.option("--train-batchnorm/--no-train-batchnorm", default=None,
+              help="Fine-tune with a BatchNorm after each Conv, folded back on export "
+                   "(default: on with labels, off distilling without).")
+@click.option("--distill-features/--no-distill-features", default=False, show_default=True,
+              help="Label-free fine-tuning also matches each channel group's kept channels "
+                   "to the original's, not only the outputs.")
 @click.option("--quiet", is_flag=True, help="Print nothing but errors.")
 def prune_command(model: Path, method: str, out: Path, report_path: Path | None, quiet: bool,
                   plot_path: Path | None, **options: Any) -> None:

@@ -111,7 +111,7 @@ def test_finetune_returns_the_best_epoch_when_training_makes_it_worse() -> None:
     digits = datasets.load_data(DIGITS, datasets.input_spec(model))
     data, val = digits.subset(np.arange(256)), digits.subset(np.arange(1500, 1797))
     untouched = evaluate(model, val)["accuracy"]
-    config = TrainConfig(epochs=2, lr=0.5, batch_size=32, quiet=True)  # far too large a step
+    config = TrainConfig(epochs=2, lr=0.3, batch_size=32, quiet=True)  # far too large a step
     trained, summary = finetune(model, model, data, config, val=val)
     validation = summary["validation"]
     assert validation["metric"] == "accuracy" and len(validation["scores"]) == 3

@@ -4,9 +4,10 @@ For each sample model and FLOPs target, prune with ``magnitude`` (no epochs) and
 written model with the original in onnxruntime on held-out inputs: top-1 agreement (argmax of
 the first output over axis 1) and the mean cosine similarity of each sample's output. Variants:
 ``l1`` without data (the old one-shot), then each ``--importance`` with and without layer
-reconstruction on the first ``--calibration`` unlabelled inputs of digits.npz. Then, in a
-fresh process each, how much the peak RSS grows during one calibrated prune at few and many
-calibration samples (the data array itself, also listed, is part of it).
+reconstruction (``--allocation global``) on ``--calibration`` unlabelled inputs
+(:mod:`sample_inputs`), then each with ``--allocation sensitivity`` and reconstruction. Then
+the default path at several ``--calibration-samples`` (``--sweep``). Peak memory against the
+number of inputs is in ``distill_fidelity.py``.
 
     python benchmarks/oneshot_fidelity.py [--models vgg_bn resnet] [--targets 0.6 0.4]
 """
@@ -14,38 +15,42 @@ calibration samples (the data array itself, also listed, is part of it).
 from __future__ import annotations
 
 import argparse
-import resource
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from sample_inputs import inputs
 
 from onnxprune import api, modelio
 from onnxprune.errors import UsageError
 from onnxprune.fidelity import fidelity as score
+from onnxprune.methods.magnitude import IMPORTANCES
 from onnxprune.training.data import Dataset
 
 SAMPLES = Path(__file__).resolve().parents[1] / "sample_models"
-MODELS = ("vgg_bn", "resnet", "mobilenetv2", "inception", "resnext", "yolo_c2f", "mobilenetv3")
-HELD_OUT = slice(1024, None)  # digits.npz has 1797 samples; calibration reads from the start
+MODELS = ("dbnet", "vgg_bn", "resnet", "mobilenetv2", "inception", "resnext", "yolo_c2f",
+          "mobilenetv3")
 
 
-def fidelity(pruned, original, x: np.ndarray) -> tuple[float, float]:
-    """Top-1 agreement and mean per-sample cosine of the first outputs (onnxprune.fidelity)."""
+def fidelity(pruned, original, x: np.ndarray) -> tuple[str, float]:
+    """Top-1 agreement ("-" for a map) and mean per-sample cosine of the first outputs."""
     scores = score({"pruned": pruned}, original, Dataset(x))["pruned"]
     first = next(iter(scores.values()))
-    return first["agreement"], first["cosine"]
+    agreement = first.get("agreement")
+    return "-" if agreement is None else f"{agreement:.3f}", first["cosine"]
 
 
 def variants(calibration: np.ndarray):
     yield "l1, no data", {}
-    for importance in ("l1", "reconstruction"):
+    for importance in IMPORTANCES:
         for refit in (False, True):
             yield (f"{importance}{' + refit' if refit else ''}",
-                   {"data": calibration, "importance": importance, "reconstruction": refit,
-                    "calibration_samples": len(calibration)})
+                   {"data": calibration, "importance": importance, "allocation": "global",
+                    "reconstruction": refit, "calibration_samples": len(calibration)})
+    for importance in IMPORTANCES:
+        yield (f"{importance} + sensitivity + refit",
+               {"data": calibration, "importance": importance, "allocation": "sensitivity",
+                "reconstruction": True, "calibration_samples": len(calibration)})
 
 
 def main() -> None:
@@ -53,59 +58,41 @@ def main() -> None:
     parser.add_argument("--models", nargs="*", default=list(MODELS))
     parser.add_argument("--targets", nargs="*", type=float, default=[0.6, 0.4])
     parser.add_argument("--calibration", type=int, default=512)
-    parser.add_argument("--memory-model", default="resnet")
-    parser.add_argument("--memory-samples", nargs="*", type=int, default=[256, 4096])
+    parser.add_argument("--sweep", nargs="*", type=int, default=[64, 128, 256, 512, 1024])
+    parser.add_argument("--sweep-models", nargs="*", default=["dbnet", "mobilenetv2", "resnet"])
     args = parser.parse_args()
-    x = np.load(SAMPLES / "digits.npz")["x"]
-    held = x[HELD_OUT]
-    calib = x[:args.calibration]
-    print(f"calibration: first {len(calib)} digits inputs (unlabelled); evaluation: "
-          f"{len(held)} held-out inputs\n")
+    print(f"calibration: {args.calibration} unlabelled inputs; evaluation on held-out ones\n")
     print("| model | FLOPs | variant | top-1 agreement | cosine | seconds |")
     print("|---|---|---|---|---|---|")
     for name in args.models:
-        path = SAMPLES / f"{name}.onnx"
-        original = modelio.load(path)
+        calib, held, _ = inputs(name, args.calibration)
         for target in args.targets:
             for label, options in variants(calib):
-                start = time.perf_counter()
-                try:
-                    result = api.prune(path, "magnitude", max_flops=target, quiet=True,
-                                       input_size=(28, 28), **options)
-                except UsageError as e:  # e.g. the budget cannot be met at this --round-to
-                    why = "budget not met" if "budget" in str(e) else str(e)[:60]
-                    print(f"| {name} | {target} | {label} | - | - | {why} |")
-                    continue
-                seconds = time.perf_counter() - start
-                agree, cos = fidelity(result.model, original, held)
-                print(f"| {name} | {target} | {label} | {agree:.3f} | {cos:.4f} | "
-                      f"{seconds:.1f} |", flush=True)
-    print("\n| model | calibration samples | peak RSS growth during the prune (MB) | seconds |")
-    print("|---|---|---|---|")
-    for n in args.memory_samples:
-        out = subprocess.run([sys.executable, __file__, "--memory-child", args.memory_model,
-                              str(n)], capture_output=True, text=True, check=True).stdout
-        print(out.strip(), flush=True)
+                print(row(name, target, label, options, held), flush=True)
+    print("\n| model | FLOPs | calibration samples (defaults) | top-1 agreement | cosine "
+          "| seconds |")
+    print("|---|---|---|---|---|---|")
+    for name in args.sweep_models:
+        calib, held, _ = inputs(name, max(args.sweep))
+        for n in args.sweep:
+            print(row(name, 0.4, str(n), {"data": calib[:n]}, held), flush=True)
 
 
-def memory_child(name: str, n: int) -> None:
-    """In a fresh process: how much the peak RSS grows while one calibrated prune runs."""
-    x = np.load(SAMPLES / "digits.npz")["x"]
-    data = np.ascontiguousarray(np.resize(x, (n, *x.shape[1:])))  # digits repeated to n
-    val = x[HELD_OUT][:64]
-    api.prune(SAMPLES / f"{name}.onnx", "magnitude", max_flops=0.6, quiet=True,
-              input_size=(28, 28), data=x[:64], val_data=val, calibration_samples=64)  # warm
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+def row(name: str, target: float, label: str, options: dict, held: np.ndarray) -> str:
+    """One prune of sample ``name`` at the default rounding, as a table row."""
+    path = SAMPLES / f"{name}.onnx"
+    size = inputs(name, 1)[2]
     start = time.perf_counter()
-    api.prune(SAMPLES / f"{name}.onnx", "magnitude", max_flops=0.6, quiet=True,
-              input_size=(28, 28), data=data, val_data=val, calibration_samples=n)
+    try:
+        result = api.prune(path, "magnitude", max_flops=target, quiet=True, input_size=size,
+                           **options)
+    except UsageError as e:  # e.g. the budget cannot be met at this --round-to
+        why = "budget not met" if "budget" in str(e) else str(e)[:60]
+        return f"| {name} | {target} | {label} | - | - | {why} |"
     seconds = time.perf_counter() - start
-    grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024
-    print(f"| {name} | {n} (data itself {data.nbytes / 2**20:.1f} MB) | {grown:.1f} | "
-          f"{seconds:.1f} |")
+    agree, cos = fidelity(result.model, modelio.load(path), held)
+    return f"| {name} | {target} | {label} | {agree} | {cos:.4f} | {seconds:.1f} |"
+
 
 if __name__ == "__main__":
-    if len(sys.argv) == 4 and sys.argv[1] == "--memory-child":
-        memory_child(sys.argv[2], int(sys.argv[3]))
-    else:
-        main()
+    main()

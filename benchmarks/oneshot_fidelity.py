@@ -75,7 +75,8 @@ def main() -> None:
     for name in args.sweep_models:
         calib, held, _ = inputs(name, max(args.sweep))
         for n in args.sweep:
-            print(row(name, 0.4, str(n), {"data": calib[:n]}, held), flush=True)
+            print(row(name, 0.6, str(n), {"data": calib[:n], "calibration_samples": n},
+                      held), flush=True)
 
 
 def row(name: str, target: float, label: str, options: dict, held: np.ndarray) -> str:

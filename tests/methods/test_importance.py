@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from conftest import ROOT, groups_of, normalized
@@ -13,6 +15,7 @@ from onnxprune.methods.budget import Budget
 from onnxprune.methods.importance import reconstruction_scores
 from onnxprune.methods.reconstruct import consumers
 from onnxprune.training.data import Dataset
+from onnxprune.training.loop import TrainConfig
 
 DIGITS = np.load(ROOT / "sample_models" / "digits.npz")["x"]
 
@@ -75,6 +78,21 @@ def test_with_data_the_log_names_the_path_and_the_samples_read() -> None:
         "layers_refit": len(refit)}}
     assert {layer.weight for layer in refit} <= set(plan.weights)
 
+
+
+@pytest.mark.parametrize(("labelled", "epochs", "expected"), [
+    (False, 0, ("taylor", "sensitivity")), (True, 0, ("taylor", "sensitivity")),
+    (False, 2, ("taylor", "sensitivity")), (True, 2, ("l1", "global"))])
+def test_defaults_follow_what_comes_after_the_prune(labelled: bool, epochs: int,
+                                                    expected: tuple[str, str]) -> None:
+    """Fidelity defaults, unless fine-tuning on labels follows (then even cuts retrain best)."""
+    y = np.zeros(len(DIGITS[:64]), dtype=np.int64) if labelled else None
+    ctx = replace(_context("lenet5", Dataset(DIGITS[:64], y)), train=TrainConfig(epochs=epochs))
+    log = methods.create("magnitude").run(ctx).log["oneshot"]
+    assert (log["importance"], log["allocation"]) == expected
+    chosen = replace(ctx, options={"importance": "taylor", "allocation": "sensitivity"})
+    log = methods.create("magnitude").run(chosen).log["oneshot"]
+    assert (log["importance"], log["allocation"]) == ("taylor", "sensitivity")
 
 def _fidelity(pruned, original, x: np.ndarray) -> tuple[float, float]:
     name = modelio.input_specs(original)[0][0]

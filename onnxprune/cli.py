@@ -16,6 +16,8 @@ from onnx_graphsurgeon.logger import G_LOGGER
 
 from onnxprune import api, methods, modelio, plot, report
 from onnxprune.errors import OnnxPruneError, UsageError
+from onnxprune.methods.corr import DEFAULT_TOLERANCE, CorrOptions
+from onnxprune.methods.correlation import TERMS
 from onnxprune.methods.magnitude import ALLOCATIONS, IMPORTANCES, MagnitudeOptions
 from onnxprune.methods.pp import PpOptions
 
@@ -54,17 +56,38 @@ _PP_OPTIONS = (
     ("epochs_per_round", click.IntRange(min=1), "training epochs per round"),
     ("rounds", click.IntRange(min=1), "at most this many rounds"),
 )
+_CORR_OPTIONS = (
+    ("pairs", float, "filter pairs per group and round, each losing one filter: a fraction "
+                     "of the group's live filters (below 1) or a count"),
+    ("strength", float, "weight of the correlation term"),
+    ("term", click.Choice(TERMS), "the correlation term: linear sum(1 - |corr|) or "
+                                  "exp(-sum |corr|)"),
+    ("epochs_per_round", click.IntRange(min=1), "training epochs with the term per round"),
+    ("finetune_epochs", click.IntRange(min=0), "fine-tuning epochs after each round's drop"),
+    ("rounds", click.IntRange(min=1), "at most this many rounds"),
+)
+_ROUND_OPTIONS = (("pp", PpOptions(), _PP_OPTIONS), ("corr", CorrOptions(), _CORR_OPTIONS))
 _METHOD_OPTIONS = ("sparsity", "granularity", "layer_sparsity", "tolerance", "importance",
-                   "allocation", "calibration_samples", "reconstruction",
-                   *(name for name, _, _ in _PP_OPTIONS))
+                   "allocation", "calibration_samples", "reconstruction", "fold",
+                   *dict.fromkeys(name for _, _, table in _ROUND_OPTIONS
+                                  for name, _, _ in table))
 
 
-def _pp_options(command: Any) -> Any:
-    """The Play-and-Prune controller options, their defaults read from PpOptions."""
-    defaults = PpOptions()
-    for name, kind, text in reversed(_PP_OPTIONS):
-        command = click.option(f"--{name.replace('_', '-')}", type=kind,
-                               help=f"pp: {text} (default {getattr(defaults, name)}).")(command)
+def _round_options(command: Any) -> Any:
+    """The options of the round-based methods, defaults read from PpOptions and CorrOptions.
+
+    An option both take is declared once, its help giving each method's meaning and default.
+    """
+    kinds: dict[str, Any] = {}
+    texts: dict[str, list[str]] = {}
+    for method, defaults, table in _ROUND_OPTIONS:
+        for name, kind, text in table:
+            kinds.setdefault(name, kind)
+            texts.setdefault(name, []).append(
+                f"{method}: {text} (default {getattr(defaults, name)})")
+    for name in reversed(list(kinds)):
+        command = click.option(f"--{name.replace('_', '-')}", type=kinds[name],
+                               help="; ".join(texts[name]) + ".")(command)
     return command
 
 
@@ -127,17 +150,23 @@ def _parsed(options: dict[str, Any]) -> dict[str, Any]:
                    "magnitude ranking over all layers), or a JSON/YAML file {weight name: "
                    "sparsity}.")
 @click.option("--tolerance", type=float,
-              help="Accuracy points the method may lose on the validation data (pp: default "
+              help="Accuracy points the method may lose on the validation data (corr: "
+                   f"{DEFAULT_TOLERANCE} without a budget, none with one; pp: default "
                    f"{PpOptions().tolerance}).")
-@_pp_options
+@_round_options
+@click.option("--fold/--no-fold", default=None,
+              help="corr: fold each dropped filter into its partner's consumers (default "
+                   f"{'on' if CorrOptions().fold else 'off'}).")
 @click.option("--importance", type=click.Choice(list(IMPORTANCES)),
               help="magnitude: how channels are scored: taylor (first-order change of the "
-                   "outputs on --data, the default with --data), l1 (weights, the default "
-                   "without) or reconstruction (consumer-output error on --data).")
+                   "outputs on --data, the default with --data), l1 (weights; the default "
+                   "without --data, or when --epochs fine-tune on labels) or reconstruction "
+                   "(consumer-output error on --data).")
 @click.option("--allocation", type=click.Choice(list(ALLOCATIONS)),
               help="magnitude: how the budget is spread over layers: sensitivity (least "
                    "output degradation per FLOP saved, measured on --data; the default with "
-                   "--data) or global (one threshold on per-layer scores; without).")
+                   "--data) or global (one threshold on per-layer scores; the default without "
+                   "--data, or when --epochs fine-tune on labels).")
 @click.option("--calibration-samples", type=click.IntRange(min=1),
               help=f"magnitude: read at most N --data inputs to calibrate one-shot pruning "
                    f"(default {MagnitudeOptions().calibration_samples}).")
@@ -177,7 +206,7 @@ def prune_command(model: Path, method: str, out: Path, report_path: Path | None,
         modelio.save_text(report.to_json(result.report), report_path)
     if plot_path is not None:
         plot.draw(result.report, plot_path)
-    for warning in result.report["warnings"]:
+    for warning in [*result.report["warnings"], *result.report.get("method_warnings", [])]:
         click.echo(f"onnxprune: warning: {warning}", err=True)
     if not quiet:
         click.echo(_before_after(result.report))

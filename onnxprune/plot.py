@@ -39,8 +39,9 @@ def _quality_key(rows: Sequence[dict[str, Any]]) -> str:
 def plot_rounds(report: dict[str, Any], path: str | os.PathLike) -> None:
     """Draw a pruning run by rounds into ``path``.
 
-    Left: validation quality and FLOPs kept against the round. Right: each group's final
-    width against its original width.
+    Left: validation quality and FLOPs kept against the round (and, where the rounds record
+    it, the quality right after each round's drop, with and without ``corr``'s fold). Right:
+    each group's final width against its original width.
     """
     plt = _pyplot()
     rounds = report["rounds"]
@@ -48,8 +49,13 @@ def plot_rounds(report: dict[str, Any], path: str | os.PathLike) -> None:
     figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
     xs = [r["round"] for r in rounds]
     left.plot(xs, [r[key] for r in rounds], "o-", color="tab:blue", label=f"validation {key}")
-    left.axhline(report["baseline"][key] - report["tolerance"] / 100,
-                 color="tab:blue", linestyle=":", label="original - tolerance")
+    for kind, marker in (("fold", "^"), ("no_fold", "v")):
+        if all(r.get("after_drop", {}).get(kind) is not None for r in rounds):
+            left.plot(xs, [r["after_drop"][kind] for r in rounds], marker, color="tab:gray",
+                      label=f"right after the drop, {kind.replace('_', ' ')}")
+    if report["tolerance"] is not None:
+        left.axhline(report["baseline"][key] - report["tolerance"] / 100,
+                     color="tab:blue", linestyle=":", label="original - tolerance")
     left.set_xlabel("round")
     left.set_ylabel(f"validation {key}", color="tab:blue")
     flops = left.twinx()

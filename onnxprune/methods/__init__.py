@@ -1,6 +1,6 @@
 """Pruning methods, one per module, registered by name."""
 
-from onnxprune.methods import admm, magnitude, pp
+from onnxprune.methods import admm, corr, magnitude, pp
 from onnxprune.methods.registry import Context, Method, create, names, register
 
-__all__ = ["Context", "Method", "admm", "create", "magnitude", "names", "pp", "register"]
+__all__ = ["Context", "Method", "admm", "corr", "create", "magnitude", "names", "pp", "register"]

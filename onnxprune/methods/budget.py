@@ -53,6 +53,29 @@ def rounded_keep(k: int, size: int, round_to: int, blocks: int = 1) -> int:
     return min(math.ceil(k / blocks) * blocks, size)
 
 
+def require_reachable(graph: gs.Graph, groups: Sequence[ChannelGroup],
+                      prunable: Sequence[ChannelGroup], budget: Budget, round_to: int) -> None:
+    """Raise UsageError when ``budget`` holds not even with ``prunable`` at their narrowest.
+
+    The narrowest a group can be written is one channel, rounded up to ``round_to`` (and to
+    its grouped-Conv parts); the error says how much that keeps, and what would help.
+    """
+    params0, flops0 = count(graph)
+    narrowest = Plan({g.id: tuple(range(rounded_keep(1, g.size, round_to, g.blocks)))
+                      for g in prunable})
+    params, flops = count(graph, planned_shapes(graph, groups, narrowest))
+    if ((budget.max_flops is None or flops <= budget.max_flops * flops0)
+            and (budget.max_params is None or params <= budget.max_params * params0)):
+        return
+    raise UsageError(
+        f"the budget cannot be met: keeping {round_to if round_to > 1 else 1} channel(s) per "
+        f"prunable group still leaves {flops / flops0:.3f} of the FLOPs and "
+        f"{params / params0:.3f} of the parameters"
+        + ("; a smaller --round-to lets groups shrink further" if round_to > 1 else "")
+        + f" ({prunable_share(graph, groups):.1%} of the FLOPs are in layers whose channels "
+          "can be pruned; `onnxprune inspect` shows why the others are blocked)")
+
+
 def plan_for_budget(graph: gs.Graph, groups: Sequence[ChannelGroup],
                     scores: Mapping[str, np.ndarray], budget: Budget,
                     round_to: int = 1) -> Plan:
@@ -84,15 +107,7 @@ def plan_for_budget(graph: gs.Graph, groups: Sequence[ChannelGroup],
 
     candidates = np.unique(np.concatenate([np.asarray(scores[g.id], float) for g in prunable]
                                           + [np.array([-np.inf, np.inf])]))
-    if not fits(plan_at(np.inf)):
-        params, flops = count(graph, planned_shapes(graph, groups, plan_at(np.inf)))
-        raise UsageError(
-            f"the budget cannot be met: keeping {round_to if round_to > 1 else 1} channel(s) per "
-            f"prunable group still leaves {flops / flops0:.3f} of the FLOPs and "
-            f"{params / params0:.3f} of the parameters"
-            + ("; a smaller --round-to lets groups shrink further" if round_to > 1 else "")
-            + f" ({prunable_share(graph, groups):.1%} of the FLOPs are in layers whose channels "
-              "can be pruned; `onnxprune inspect` shows why the others are blocked)")
+    require_reachable(graph, groups, prunable, budget, round_to)
     lo, hi = 0, len(candidates) - 1  # fits(candidates[hi]) holds
     while lo < hi:
         mid = (lo + hi) // 2

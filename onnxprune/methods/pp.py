@@ -38,20 +38,19 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from onnxprune import metrics, modelio
 from onnxprune.errors import UsageError, require_finite
 from onnxprune.methods.budget import rounded_keep
-from onnxprune.methods.filters import Filters
 from onnxprune.methods.registry import Context, register
+from onnxprune.methods.rounds import RoundRun
 from onnxprune.plan import Plan
 from onnxprune.shadow import ShadowModel
 from onnxprune.training import finetune
-from onnxprune.training.loop import Hooks, TrainConfig, progress, train
+from onnxprune.training.loop import Hooks, progress, train
 
 
 @dataclass(frozen=True)
@@ -156,21 +155,12 @@ class PlayAndPrune:
         return _Run(ctx, PpOptions(**ctx.options)).run()
 
 
-class _Run:
+class _Run(RoundRun):
     """One Play-and-Prune run: the shadow, the controller, and the rounds so far."""
 
     def __init__(self, ctx: Context, opts: PpOptions) -> None:
-        if ctx.data is None or ctx.val_data is None:
-            raise UsageError("pp needs --data (labelled for accuracy): a tolerance cannot be "
-                             "checked on synthetic inputs")
-        self.ctx, self.opts = ctx, opts
-        self.filters = Filters(ctx.groups)
-        self.names = self.filters.names()
-        self.teacher = None if ctx.data.labelled else ShadowModel(ctx.model)
-        self.shadow = finetune.trainable_shadow(ctx.model, ctx.data, ctx.train)
-        self.params0, self.flops0 = metrics.count(ctx.graph)
-        self.baseline = self._quality()
-        self.key = "accuracy" if "accuracy" in self.baseline else "agreement"
+        super().__init__(ctx, "pp")
+        self.opts = opts
 
     def run(self) -> Plan:
         """The rounds, then the final fine-tuning of the best model within the tolerance."""
@@ -205,7 +195,7 @@ class _Run:
             if decision.prune and self._stalled(rounds):
                 break
         bar.close()
-        final = self._finish(*best)
+        final = self._finish(*best, opts.final_epochs, opts.tolerance)
         return Plan(keep=dict(best[0].keep), weights=final["weights"],
                     log={"rounds": rounds, "baseline": self.baseline,
                          "tolerance": opts.tolerance, "tolerance_on": self.key,
@@ -259,9 +249,7 @@ class _Run:
         values = self._values()
         chosen = self.filters.masks(values, {gid: ~p for gid, p in picks.items()})
         live = self.filters.masks(values, alive)
-        config = self._config(self.opts.epochs_per_round)
-        steps = config.epochs * -(-len(self.ctx.data) // config.batch_size)
-        reach = config.lr / (1 - config.momentum) * steps  # distance one unit of gradient goes
+        reach = self._reach(self.opts.epochs_per_round)
         picks_mask, coefficients = {}, {}
         for n in self.names:
             candidates = 1 - chosen[n]
@@ -273,56 +261,7 @@ class _Run:
             coefficients[n] = strength * mean / reach
         return CandidatePenalty(picks_mask, coefficients)
 
-    # -- the end -------------------------------------------------------------------------
-    def _finish(self, plan: Plan, weights: dict[str, Any]) -> dict[str, Any]:
-        """Fine-tune the best model with its rounded widths; return its weights and log.
-
-        Fine-tuning that leaves the tolerance and does not improve is discarded: the model
-        before it was within the tolerance (the top-up channels are zero).
-        """
-        start = time.perf_counter()
-        model = modelio.with_initializers(self.ctx.model, weights)
-        self.shadow = finetune.trainable_shadow(model, self.ctx.data, self.ctx.train)
-        keep = {gid: torch.zeros(g.size, dtype=torch.bool) for gid, g in
-                self.filters.groups.items()}
-        for gid, kept in plan.keep.items():
-            keep[gid][list(kept)] = True
-        self._mask(keep)
-        untrained, quality = self.shadow.snapshot(), self._quality()
-        if self.opts.final_epochs:
-            train(self.shadow, self.ctx.data, self._config(self.opts.final_epochs),
-                  teacher=self.teacher)
-            tuned = self._quality()
-            kept = finetune.quality_drop(self.baseline, tuned) <= self.opts.tolerance / 100
-            if kept or finetune.quality_drop(quality, tuned) <= 0:
-                untrained, quality = self.shadow.snapshot(), tuned
-        return {"weights": untrained,
-                "log": {"epochs": self.opts.final_epochs, **self._size(plan), **quality,
-                        "seconds": round(time.perf_counter() - start, 2)}}
-
     # -- helpers -------------------------------------------------------------------------
-    def _config(self, epochs: int) -> TrainConfig:
-        """Training for ``epochs``, the learning rate decayed to zero along a cosine.
-
-        The controller then reads a settled model, not wherever the last SGD step left it.
-        """
-        return replace(self.ctx.train, epochs=epochs, cosine=True)
-
-    def _values(self) -> dict[str, torch.Tensor]:
-        """The filters' weights as export writes them (masked, BatchNorms folded)."""
-        with torch.no_grad():
-            values = self.shadow.folded_values()
-            return {n: values[n].detach() for n in self.names}
-
-    def _alive(self) -> dict[str, torch.Tensor]:
-        with torch.no_grad():
-            return {gid: a.cpu() for gid, a in self.filters.alive(self._values()).items()}
-
-    def _mask(self, keep: dict[str, torch.Tensor]) -> None:
-        """Zero every channel ``keep`` marks False (the masks replace the previous ones)."""
-        for name, mask in self.filters.masks(self._values(), keep).items():
-            self.shadow.set_mask(name, mask)
-
     def _rounded(self, alive: dict[str, torch.Tensor]) -> Plan:
         """The live channels, each group topped up to a multiple of ``round_to``.
 
@@ -338,24 +277,6 @@ class _Run:
             keep[gid] = kept
         return self.filters.plan(keep)
 
-    def _kept(self, plan: Plan) -> tuple[float, float]:
-        """The fractions of the original FLOPs and parameters ``plan`` keeps."""
-        shapes = metrics.planned_shapes(self.ctx.graph, self.ctx.groups, plan)
-        params, flops = metrics.count(self.ctx.graph, shapes)
-        return flops / self.flops0, params / self.params0
-
-    def _size(self, plan: Plan) -> dict[str, float]:
-        flops, params = self._kept(plan)
-        return {"flops_kept": round(flops, 4), "params_kept": round(params, 4)}
-
-    def _budget_met(self, plan: Plan) -> bool:
-        budget = self.ctx.budget
-        if budget.max_flops is None and budget.max_params is None:
-            return False
-        flops, params = self._kept(plan)
-        return ((budget.max_flops is None or flops <= budget.max_flops)
-                and (budget.max_params is None or params <= budget.max_params))
-
     def _removable(self, alive: dict[str, torch.Tensor]) -> bool:
         return any(int(a.sum()) > 1 for a in alive.values())
 
@@ -364,6 +285,3 @@ class _Run:
         recent = rounds[-(self.opts.patience + 1):]
         return (len(recent) == self.opts.patience + 1
                 and all(r["state"] == "prune" and r["removed"] == 0 for r in recent))
-
-    def _quality(self) -> dict[str, float]:
-        return finetune.quality(self.shadow, self.teacher, self.ctx.val_data)

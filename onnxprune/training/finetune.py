@@ -88,11 +88,11 @@ def trainable_shadow(model: onnx.ModelProto, data: datasets.Dataset | None,
     device = torch.device(config.device)
     shadow = ShadowModel(model).to(device)
     if config.batchnorm and data is not None and len(data):
-        shadow.add_batchnorm(_calibration_batches(data, config, device))
+        shadow.add_batchnorm(calibration_batches(data, config, device))
     return shadow
 
 
-def _calibration_batches(data: datasets.Dataset, config: TrainConfig,
+def calibration_batches(data: datasets.Dataset, config: TrainConfig,
                          device: torch.device) -> Iterator[torch.Tensor]:
     """Seeded batches of ``data`` on ``device`` until :data:`CALIBRATION_SAMPLES` are out."""
     left = CALIBRATION_SAMPLES

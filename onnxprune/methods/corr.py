@@ -1,0 +1,346 @@
+"""The ``corr`` method: prune one filter of each highly correlated pair (Singh et al., WACV 2020).
+
+Rounds ("episodes"), each on the masked full-width shadow (:mod:`onnxprune.methods.rounds`):
+
+1. In every group, rank the disjoint pairs of live channels by the correlation of their
+   filters, all producers of the group counting together (:mod:`onnxprune.methods.correlation`).
+2. Decide how many pairs each group gives up this round (below), and take that many of its
+   most correlated pairs.
+3. Train ``epochs_per_round`` epochs with the correlation term on those pairs only.
+4. Drop one channel of each pair: the one with the smaller L1 norm (over its group's mean,
+   as ``pp`` scores filters), after folding its contribution into its partner's consumers
+   (``fold``, :func:`~onnxprune.methods.correlation.fit_folds`). The validation quality right
+   after the drop is logged with and without the fold.
+5. Fine-tune ``finetune_epochs`` epochs; read the validation quality.
+
+*How many per round.* A group wants ``pairs`` channels per round (a fraction of its live
+channels when below 1, else a count). Its width always stays one the written model can have
+(a multiple of ``--round-to``, or its full width), so every round changes the written widths:
+a group drops a whole block when its wants add up to one, and when no group is due, the most
+nearly due one drops a block anyway. With a budget, a round also cuts at least its share of
+what is left (the remaining FLOPs ratio spread evenly, geometrically, over the rounds left, so
+the last round reaches the budget), adding blocks where it cuts the least of a group, and
+then gives blocks back, from the group it cuts most, while the budget still holds: the run
+ends at or just under the budget, as close as the blocks allow. A budget no width can meet is
+refused before any training.
+
+*When it stops.* When the budget (``--max-flops`` / ``--max-params``) is met; when a round
+leaves the validation quality more than ``tolerance`` points below the original's (the run
+keeps the smallest model within it, like ``pp``); when no group can lose a block; or after
+``rounds`` rounds. ``tolerance`` defaults to 0.5 without a budget and to none with one. The
+kept model is fine-tuned ``final_epochs`` more. The report says whether the budget was met
+(``budget_met``) and why the rounds stopped; a run that misses its budget or removes nothing
+says so in ``method_warnings``.
+
+Without labels the quality is top-1 agreement with the original (which training distils
+from); without data the method refuses.
+
+Defaults are *provisional* until ``benchmarks/corr_mnist.py`` decides them on MNIST.
+``pairs`` 0.1 is our notes' reading of the paper. ``term``, ``strength`` and ``fold`` come from
+one round on the ResNet and VGG samples with all 1,797 digits (``pairs`` 0.25, ``--round-to
+1``, no fine-tuning; ResNet / VGG): at strength 1, 4 and 10 the linear term took the pairs'
+mean correlation from 0.28 / 0.39 to 0.64 / 0.77, 0.93 / 0.99 and 0.97 / 0.97, the exp form
+only to 0.47 / 0.54, 0.65 / 0.67 and 0.79 / 0.82 (it eases as the pairs correlate). Accuracy
+right after the drop, with the fold: linear 0.68 / 0.94, 0.86 / 0.98, 0.97 / 0.99; exp 0.63 /
+0.94, 0.72 / 0.94, 0.80 / 0.94; without the fold 0.09 to 0.37 in every case. At strength 30
+the term itself began to cost accuracy before the drop (0.983 / 0.994, against 0.994 / 1.0
+at 10), hence ``linear``, 10 and the fold on.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from onnxprune.errors import NothingToPruneError, UsageError, require_finite
+from onnxprune.methods.budget import require_reachable, rounded_keep
+from onnxprune.methods.correlation import (
+    TERMS,
+    CorrelationTerm,
+    apply_folds,
+    correlation_matrix,
+    fit_folds,
+    pair_correlations,
+    rank_pairs,
+    restore,
+)
+from onnxprune.methods.registry import Context, register
+from onnxprune.methods.rounds import RoundRun
+from onnxprune.plan import Plan
+from onnxprune.training import finetune
+from onnxprune.training.loop import progress, train
+
+DEFAULT_TOLERANCE = 0.5  # points, when no budget is given (as pp)
+Ranked = dict[str, list[tuple[int, int, float]]]
+
+
+@dataclass(frozen=True)
+class CorrOptions:
+    """The options of the corr method, with their defaults."""
+
+    pairs: float = 0.1
+    strength: float = 10.0
+    term: str = "linear"
+    fold: bool = True
+    tolerance: float | None = None
+    epochs_per_round: int = 1
+    finetune_epochs: int = 1
+    rounds: int = 30
+    final_epochs: int = 2
+
+    def __post_init__(self) -> None:
+        require_finite(pairs=self.pairs, strength=self.strength, tolerance=self.tolerance)
+        if not (0 < self.pairs < 1 or (self.pairs >= 1 and float(self.pairs).is_integer())):
+            raise UsageError(f"--pairs must be a fraction in (0, 1) or a whole count, got "
+                             f"{self.pairs}")
+        if self.term not in TERMS:
+            raise UsageError(f"--term must be one of {', '.join(TERMS)}, got {self.term}")
+        if self.strength < 0 or (self.tolerance is not None and self.tolerance < 0):
+            raise UsageError("--strength and --tolerance must be >= 0")
+        if self.epochs_per_round < 1 or self.rounds < 1:
+            raise UsageError("--epochs-per-round and --rounds must be >= 1")
+        if self.finetune_epochs < 0 or self.final_epochs < 0:
+            raise UsageError("--finetune-epochs and final_epochs must be >= 0")
+
+    def wanted(self, live: int) -> int:
+        """How many channels a group of ``live`` channels wants to drop in one round."""
+        return math.ceil(self.pairs * live) if self.pairs < 1 else int(self.pairs)
+
+
+@register("corr")
+class FilterCorrelation:
+    """Filter correlation: drop one filter of each most correlated pair, round by round."""
+
+    name: str
+    records = "rounds"
+    trains = True
+    needs_data = True
+    options: frozenset[str] = frozenset(CorrOptions.__dataclass_fields__)
+
+    def run(self, ctx: Context) -> Plan:
+        """Correlate, drop and fine-tune in rounds, then fine-tune the model kept."""
+        return _Run(ctx, CorrOptions(**ctx.options)).run()
+
+
+class _Run(RoundRun):
+    """One corr run: the shadow, what each group still owes, and the rounds so far."""
+
+    def __init__(self, ctx: Context, opts: CorrOptions) -> None:
+        budget = ctx.budget
+        self.budgeted = budget.max_flops is not None or budget.max_params is not None
+        if self.budgeted:
+            require_reachable(ctx.graph, ctx.groups, ctx.prunable, budget, ctx.round_to)
+        super().__init__(ctx, "corr")
+        self.opts = opts
+        self.tolerance = (opts.tolerance if opts.tolerance is not None or self.budgeted
+                          else DEFAULT_TOLERANCE)
+        self.debt = {gid: 0.0 for gid in self.filters.groups}
+
+    def run(self) -> Plan:
+        """The rounds, then the final fine-tuning of the model kept."""
+        opts = self.opts
+        alive = self._alive()
+        best = (self.filters.plan(alive), self.shadow.snapshot())
+        rounds: list[dict[str, Any]] = []
+        stopped = f"--rounds {opts.rounds} reached"
+        bar = progress(opts.rounds, "corr rounds", self.ctx.train.quiet, unit="round")
+        for number in range(1, opts.rounds + 1):
+            start = time.perf_counter()
+            ranked = self._ranked(alive)
+            removal = self._removals(alive, ranked, number)
+            if not any(removal.values()):
+                if number == 1:
+                    raise NothingToPruneError(
+                        "corr: no channel group can lose a block of --round-to "
+                        f"{self.ctx.round_to} channels (a group needs two live filters to "
+                        "pair); a smaller --round-to lets groups shrink")
+                stopped = "no group can lose another block of channels"
+                break
+            pairs = {gid: torch.tensor([p[:2] for p in ranked[gid][:n]])
+                     for gid, n in removal.items() if n}
+            alive, record = self._round(alive, pairs)
+            plan = self.filters.plan(alive)
+            quality = self._quality()
+            rounds.append({"round": number, **record, **self._size(plan), **quality,
+                           "widths": {gid: int(a.sum()) for gid, a in alive.items()},
+                           "seconds": round(time.perf_counter() - start, 2)})
+            bar.update()
+            bar.set_postfix({k: rounds[-1][k] for k in ("flops_kept", self.key)})
+            drop = finetune.quality_drop(self.baseline, quality)
+            if self.tolerance is not None and drop > self.tolerance / 100:
+                stopped = f"round {number} fell more than {self.tolerance} points"
+                break
+            best = (plan, self.shadow.snapshot())
+            if self._budget_met(plan):
+                stopped = "budget met"
+                break
+        bar.close()
+        final = self._finish(*best, opts.final_epochs, self.tolerance)
+        return Plan(keep=dict(best[0].keep), weights=final["weights"],
+                    log={"rounds": rounds, "baseline": self.baseline,
+                         "tolerance": self.tolerance, "tolerance_on": self.key,
+                         "term": opts.term, "fold": opts.fold, "stopped": stopped,
+                         **self._outcome(best[0], stopped), "final": final["log"],
+                         "original_widths": {gid: g.size
+                                             for gid, g in self.filters.groups.items()}})
+
+    # -- one round -----------------------------------------------------------------------
+    def _round(self, alive: dict[str, torch.Tensor],
+               pairs: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict]:
+        """Train with the term on ``pairs``, drop one of each (folded), fine-tune."""
+        opts, ctx = self.opts, self.ctx
+        before = self._correlation(pairs)
+        term = CorrelationTerm(self.filters, pairs, opts.term, opts.strength,
+                               self._reach(opts.epochs_per_round), self._raw())
+        train(self.shadow, ctx.data, self._config(opts.epochs_per_round),
+              teacher=self.teacher, hooks=[term])
+        after = self._correlation(pairs)
+        trained = self._quality().get(self.key)
+        chosen = self._roles(alive, pairs)
+        batches = finetune.calibration_batches(ctx.data, ctx.train,
+                                               torch.device(ctx.train.device))
+        folds, unfolded = fit_folds(self.shadow, ctx.graph, self.filters.groups, chosen,
+                                    batches)
+        alive = {gid: a.clone() for gid, a in alive.items()}
+        for gid, both in chosen.items():
+            alive[gid][[drop for _, drop in both]] = False
+        self._mask(alive)
+        plain = self._quality().get(self.key)
+        saved = apply_folds(self.shadow, folds)
+        folded = self._quality().get(self.key)
+        if not opts.fold:
+            restore(self.shadow, saved)
+        if opts.finetune_epochs:
+            train(self.shadow, ctx.data, self._config(opts.finetune_epochs),
+                  teacher=self.teacher)
+        return alive, {"pairs": {gid: len(p) for gid, p in pairs.items()},
+                       "removed": sum(len(p) for p in pairs.values()),
+                       "correlation_before": round(before, 4),
+                       "correlation_after": round(after, 4),
+                       "before_drop": trained, "after_drop": {"fold": folded, "no_fold": plain},
+                       "folded_consumers": len(folds) if opts.fold else 0,
+                       "unfolded_consumers": unfolded}
+
+    def _raw(self) -> dict[str, torch.Tensor]:
+        """The producers' parameters as they train (Pearson ignores the BatchNorm scale)."""
+        return {n: self.shadow.parameter(n).detach() for n in self.names}
+
+    def _correlation(self, pairs: dict[str, torch.Tensor]) -> float:
+        """The mean |correlation| of ``pairs`` over pairs and producers."""
+        raw = self._raw()
+        found = [pair_correlations(self.filters, raw, gid, p).abs().mean(0)
+                 for gid, p in pairs.items()]
+        return float(torch.cat(found).mean())
+
+    def _roles(self, alive: dict[str, torch.Tensor],
+               pairs: dict[str, torch.Tensor]) -> dict[str, list[tuple[int, int]]]:
+        """``(keep, drop)`` per pair: the channel with the smaller normalised L1 goes."""
+        values, out = self._values(), {}
+        for gid, p in pairs.items():
+            scores = self.filters.scores(values, gid, among=alive[gid])
+            out[gid] = [(a, b) if scores[a] >= scores[b] else (b, a) for a, b in p.tolist()]
+        return out
+
+    def _ranked(self, alive: dict[str, torch.Tensor]) -> Ranked:
+        """Per group, its disjoint pairs of live channels, most correlated first."""
+        raw, out = self._raw(), {}
+        for gid, live in alive.items():
+            group, channels = self.filters.groups[gid], torch.nonzero(live).flatten()
+            if len(channels) < 2:
+                out[gid] = []
+                continue
+            matrix = correlation_matrix(self.filters, raw, gid, channels)
+            out[gid] = rank_pairs(matrix, channels.tolist(), group.size, group.blocks)
+        return out
+
+    # -- how many per round --------------------------------------------------------------
+    def _steps(self, gid: str, live: int) -> list[int]:
+        """The removals that take group ``gid`` from ``live`` to a width it can be written at."""
+        g = self.filters.groups[gid]
+        widths = {rounded_keep(k, g.size, self.ctx.round_to, g.blocks) for k in range(1, live)}
+        return sorted(live - w for w in widths if w < live)
+
+    def _removals(self, alive: dict[str, torch.Tensor], ranked: Ranked,
+                  number: int) -> dict[str, int]:
+        """How many channels each group drops in round ``number`` (module docstring)."""
+        live = {gid: int(a.sum()) for gid, a in alive.items()}
+        options = {gid: [r for r in self._steps(gid, n) if r <= len(ranked[gid])]
+                   for gid, n in live.items()}
+        removal = {}
+        for gid, n in live.items():
+            self.debt[gid] += self.opts.wanted(n) if options[gid] else 0
+            removal[gid] = max((r for r in options[gid] if r <= self.debt[gid]), default=0)
+        if not any(removal.values()):
+            due = [(self.debt[gid] / steps[0], gid) for gid, steps in options.items() if steps]
+            if not due:
+                return removal
+            gid = max(due)[1]
+            removal[gid] = options[gid][0]
+        if self.budgeted:
+            self._meet(alive, options, removal, number)
+        for gid, r in removal.items():
+            self.debt[gid] = max(self.debt[gid] - r, 0.0)
+        return removal
+
+    def _meet(self, alive: dict[str, torch.Tensor], options: dict[str, list[int]],
+              removal: dict[str, int], number: int) -> None:
+        """Cut at least this round's share of the budget, then give back what it allows.
+
+        Blocks are added where the round cuts the smallest fraction of a group's live
+        channels, and given back where it cuts the largest: the groups shrink evenly, as the
+        paper's N pairs per layer do (correlations of filters of different lengths do not
+        compare across layers: short first-layer filters correlate by chance).
+        """
+        budget, left = self.ctx.budget, self.opts.rounds - number + 1
+        live = {gid: int(a.sum()) for gid, a in alive.items()}
+        now = self._kept(self.filters.plan(alive))
+        share = tuple(None if b is None else max(b, f * (b / f) ** (1 / left))
+                      for b, f in zip((budget.max_flops, budget.max_params), now, strict=True))
+        while not self._fits(self._planned(alive, removal), *share):
+            offers = [(more[0] / live[gid], gid, more[0]) for gid, steps in options.items()
+                      if (more := [r for r in steps if r > removal[gid]])]
+            if not offers:
+                break
+            _, gid, r = min(offers)
+            removal[gid] = r
+        while True:
+            offers = sorted(((-r / live[gid], gid, max([x for x in options[gid] if x < r],
+                                                       default=0))
+                             for gid, r in removal.items() if r))
+            for _, gid, less in offers:
+                trial = {**removal, gid: less}
+                if any(trial.values()) and self._fits(self._planned(alive, trial),
+                                                      budget.max_flops, budget.max_params):
+                    removal[gid] = less
+                    break
+            else:
+                return
+
+    def _planned(self, alive: dict[str, torch.Tensor], removal: dict[str, int]) -> Plan:
+        """The plan after ``removal``, for counting (any ``r`` live channels of a part do)."""
+        keep = {}
+        for gid, live in alive.items():
+            g, kept = self.filters.groups[gid], live.clone()
+            width = g.size // g.blocks
+            for part in range(g.blocks):
+                channels = torch.nonzero(live[part * width:(part + 1) * width]).flatten()
+                kept[channels[:removal.get(gid, 0) // g.blocks] + part * width] = False
+            keep[gid] = kept
+        return self.filters.plan(keep)
+
+    def _outcome(self, plan: Plan, stopped: str) -> dict[str, Any]:
+        """``budget_met`` (None without a budget) and the warnings a user must see."""
+        met = self._budget_met(plan) if self.budgeted else None
+        flops, params = self._kept(plan)
+        warnings = []
+        if met is False:
+            warnings.append(f"corr did not meet the budget: the model kept {flops:.3f} of the "
+                            f"FLOPs and {params:.3f} of the parameters ({stopped})")
+        if not any(len(k) < self.filters.groups[gid].size for gid, k in plan.keep.items()):
+            warnings.append(f"corr removed no filter ({stopped})")
+        return {"budget_met": met, "method_warnings": warnings}
+

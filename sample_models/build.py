@@ -728,8 +728,9 @@ def train(
     epochs: int = 10,
     lr: float = 2e-3,
     batch_size: int = 64,
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy,
 ) -> nn.Module:
-    """Train ``model`` with Adam and cross-entropy, then return it in eval mode."""
+    """Train ``model`` with Adam on ``loss(output, y)`` (cross-entropy), return it in eval mode."""
     generator = torch.Generator().manual_seed(SPLIT_SEED)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs)
@@ -737,7 +738,7 @@ def train(
     for _ in range(epochs):
         for idx in torch.randperm(len(x), generator=generator).split(batch_size):
             optimizer.zero_grad()
-            F.cross_entropy(model(x[idx]), y[idx]).backward()
+            loss(model(x[idx]), y[idx]).backward()
             optimizer.step()
         scheduler.step()
     return model.eval()
@@ -940,7 +941,7 @@ def build_dbnet(x: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray,
     """Build ``dbnet.onnx`` (:mod:`build_detector`); its accuracy is the held-out pixel F1."""
     path = (out_dir or HERE) / build_detector.FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    proto, parameters, f1 = build_detector.build_dbnet(x, train_idx, val_idx, path)
+    proto, parameters, f1 = build_detector.build_dbnet(x, train_idx, val_idx, path, train)
     result = BuildResult(
         file=path.name,
         size_bytes=path.stat().st_size,

@@ -36,6 +36,7 @@ from __future__ import annotations
 import copy
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -190,22 +191,10 @@ class DBNet(nn.Module):
         return self.head(self.neck(self.backbone(x)))
 
 
-def train(model: nn.Module, x: torch.Tensor, maps: torch.Tensor, epochs: int = 12,
-          lr: float = 3e-3, batch_size: int = 32) -> nn.Module:
-    """Train with Adam on BCE plus dice loss (DBNet's probability-map losses, no OHEM)."""
-    generator = torch.Generator().manual_seed(MODEL_SEED)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs)
-    model.train()
-    for _ in range(epochs):
-        for idx in torch.randperm(len(x), generator=generator).split(batch_size):
-            optimizer.zero_grad()
-            prob, target = model(x[idx]), maps[idx]
-            dice = 1 - 2 * (prob * target).sum() / (prob.sum() + target.sum() + 1e-6)
-            (F.binary_cross_entropy(prob, target) + dice).backward()
-            optimizer.step()
-        scheduler.step()
-    return model.eval()
+def dbnet_loss(prob: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """BCE plus dice loss on the probability map (DBNet's map losses, no OHEM)."""
+    dice = 1 - 2 * (prob * target).sum() / (prob.sum() + target.sum() + 1e-6)
+    return F.binary_cross_entropy(prob, target) + dice
 
 
 def pixel_f1(prob: np.ndarray, maps: np.ndarray) -> float:
@@ -284,8 +273,8 @@ def held_out(x28: np.ndarray, val_idx: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return canvases(x28[val_idx], N_VAL_CANVASES, VAL_SEED)
 
 
-def build_dbnet(x28: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray,
-                path: Path) -> tuple[onnx.ModelProto, int, float]:
+def build_dbnet(x28: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray, path: Path,
+                train: Callable[..., nn.Module]) -> tuple[onnx.ModelProto, int, float]:
     """Train, export and check ``dbnet.onnx``; return its proto, parameters and pixel F1.
 
     Args:
@@ -293,12 +282,14 @@ def build_dbnet(x28: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray,
         train_idx: the digits the training canvases use.
         val_idx: the digits the held-out canvases use.
         path: where to write the file.
+        train: ``build.train`` (Adam, cosine schedule, seeded batches), given a loss.
     """
     x_train, maps_train = canvases(x28[train_idx], N_TRAIN_CANVASES, TRAIN_SEED)
     x_val, maps_val = held_out(x28, val_idx)
     start = time.perf_counter()
     torch.manual_seed(MODEL_SEED)
-    model = train(DBNet(), torch.from_numpy(x_train), torch.from_numpy(maps_train))
+    model = train(DBNet(), torch.from_numpy(x_train), torch.from_numpy(maps_train), epochs=12,
+                  lr=3e-3, batch_size=32, loss=dbnet_loss)
     print(f"trained dbnet in {time.perf_counter() - start:.1f} s")
     export(for_export(model), path)
     proto = check(path, model, x_val)

@@ -25,7 +25,8 @@ the decaying learning rate resist it; :mod:`onnxprune.methods.corr` says how far
 *Fold.* Before channel ``b`` of pair ``(a, b)`` goes, each consumer that reads the group adds
 ``b``'s contribution to ``a``'s: with ``x_b ~ s x_a + t`` fit by least squares on calibration
 activations at the consumer's input (after the nonlinearity), ``W[:, a] += s W[:, b]`` and
-``bias += t * sum W[:, b]`` (per output; Gemm's ``alpha / beta`` applied), then ``W[:, b] = 0``.
+``bias += t * sum W[:, b]`` (per output; Gemm's ``alpha / beta`` applied; ``W`` as forward uses it,
+masks applied, so an output channel already masked gains no bias), then ``W[:, b] = 0``.
 Exact when ``b`` is an affine function of ``a`` there (a linear map between them, the bias
 term exact but at the borders of a zero-padded consumer); approximate through a ReLU. The
 zeroed column means the removed channel's constant activation contributes nothing, so the
@@ -262,7 +263,8 @@ def apply_folds(shadow: ShadowModel, folds: Sequence[Fold]) -> dict[str, torch.T
             s, t = f.s.to(w).reshape(shape), f.t.to(w).reshape(shape)
             keep, drop = f.keep.to(w.device), f.drop.to(w.device)
             dropped = w.index_select(f.axis, drop)
-            contribution = (dropped * t).sum([d for d in range(w.ndim) if d != f.out_axis])
+            live = shadow.masked(f.weight).index_select(f.axis, drop)
+            contribution = (live * t).sum([d for d in range(w.ndim) if d != f.out_axis])
             bias.add_((contribution * f.bias_scale).reshape(bias.shape))
             w.index_add_(f.axis, keep, dropped * s)
             w.index_fill_(f.axis, drop, 0.0)

@@ -165,6 +165,34 @@ def test_fold_of_proportional_filters_is_exact(consumer: str) -> None:
     assert max_diff(want, dropped(fold=False)) > 1e-2  # the test can fail
 
 
+def test_fold_leaves_masked_output_channels_of_the_consumer_alone() -> None:
+    """A consumer whose output channel 2 is already masked: the fold edits no part of it.
+
+    Its bias is what the masked channel emits; behind a re-inserted BatchNorm whose variance
+    collapsed on the constant channel, a change there is amplified by 1/sqrt(eps).
+    """
+    body, weights, outputs = CONSUMERS["conv"]
+    model = build("c = Conv <kernel_shape = [3, 3], pads = [1, 1, 1, 1]> (x, w, b)\n" + body,
+                  {"w": (4, 2, 3, 3), "b": (4,), **weights}, inputs="float[N,2,6,6] x",
+                  outputs=outputs)
+    model = api.normalize(model)[0]
+    graph = modelio.to_graph(model)
+    groups = {g.id: g for g in groups_of(model) if not g.blocked}
+    (gid,) = [g for g in groups if groups[g].producers[0].initializer == "w"]
+    shadow = ShadowModel(model)
+    mask = torch.ones(3, 4, 1, 1)
+    mask[2] = 0
+    shadow.set_mask("w2", mask)
+    rng = np.random.default_rng(2)
+    batches = [torch.from_numpy(rng.standard_normal((8, 2, 6, 6)).astype(np.float32))]
+    bias = shadow.parameter("b2").detach().clone()
+    folds, _ = fit_folds(shadow, graph, groups, {gid: [(0, 1)]}, batches)
+    apply_folds(shadow, folds)
+    after = shadow.parameter("b2").detach()
+    assert after[2] == bias[2]
+    assert not torch.equal(after[:2], bias[:2])  # the live outputs did take the fold
+
+
 # -- whole runs --------------------------------------------------------------------------------
 @pytest.mark.parametrize("sample", ["vgg_bn", "resnet", "mobilenetv2", "inception"])
 def test_one_round_keeps_the_graph_core_invariants(sample: str) -> None:

@@ -71,6 +71,7 @@ def build_report(*, method: str, source: modelio.ModelLike, options: dict[str, A
         "fidelity": report_fidelity(normalized, pruned, untrained, prepared,
                                     finetuned=training is not None),
         "parity_max_abs_diff": verify.shadow_parity(pruned, prepared.val),
+        "storage": storage(written),
         "groups": {"total": len(groups), "pruned": sum(plan.removed(g).size > 0 for g in groups),
                    "blocked": sum(g.blocked is not None for g in groups)},
         "blocked": [{"group": g.id, "reason": g.blocked} for g in groups if g.blocked],
@@ -121,6 +122,20 @@ def summary(model: onnx.ModelProto, source: modelio.ModelLike | None = None) -> 
                                    else sparse.store(model))
     return {"params": params, "flops": flops, "bytes": size,
             "nonzero_weights": metrics.nonzero_weights(graph)}
+
+
+def storage(model: onnx.ModelProto) -> dict[str, Any]:
+    """The report's ``storage``: how the written ``model`` stores its weights.
+
+    Initializers per format (see :func:`onnxprune.sparse.store`), and the bytes per kept
+    (non-zero) weight of those not stored densely: None when there are none.
+    """
+    stored = sparse.describe(model)
+    packed = [s for s in stored if s.format != sparse.DENSE]
+    kept = sum(s.kept for s in packed)
+    return {"formats": {f: sum(s.format == f for s in stored)
+                        for f in sparse.FORMATS},
+            "bytes_per_kept_weight": sum(s.nbytes for s in packed) / kept if kept else None}
 
 
 def to_json(data: Any) -> str:

@@ -33,17 +33,14 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 from typing import Any
 
 import mnist_split
 import numpy as np
 
 from onnxprune import api, metrics
-from onnxprune.shadow import ShadowModel
-from onnxprune.training.loop import TrainConfig, evaluate, train
+from onnxprune.training.loop import evaluate
 
-ROOT = Path(__file__).resolve().parents[1]
 METHODS = ("corr-fold", "corr-no-fold", "corr-exp", "magnitude", "admm", "pp")
 UNROUNDED = {"lenet5"}  # layers of 6 and 16 filters: no block rounding reaches the target
 
@@ -75,7 +72,7 @@ def main() -> None:
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     notes = []
     for name in args.models:
-        reference = _reference(name, train_set)
+        reference = mnist_split.reference(name, train_set)
         base = evaluate(reference, test)["accuracy"]
         print(f"| {name} | reference (dense, 5 epochs) | {base:.4f} | 1.000 | 1.000 | 1.00x | 5 "
               "| |", flush=True)
@@ -91,14 +88,6 @@ def main() -> None:
     print()
     for line in notes:
         print(line)
-
-
-def _reference(name: str, train_set: Any) -> Any:
-    """The sample fine-tuned dense for 5 epochs on the training digits (BatchNorm inserted)."""
-    dense = ShadowModel(api.normalize(ROOT / "sample_models" / f"{name}.onnx")[0])
-    dense.add_batchnorm(next(train_set.batches(256, shuffle=True))[0])
-    train(dense, train_set, TrainConfig(epochs=5, lr=0.05, quiet=True))
-    return dense.export()
 
 
 def _prune(method: str, reference: Any, common: dict[str, Any], corr: dict[str, Any],

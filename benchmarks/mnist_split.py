@@ -13,11 +13,17 @@ import os
 from pathlib import Path
 
 import numpy as np
+import onnx
 
+from onnxprune.api import normalize
 from onnxprune.errors import UsageError
+from onnxprune.shadow import ShadowModel
 from onnxprune.training.data import Dataset
+from onnxprune.training.loop import TrainConfig
+from onnxprune.training.loop import train as fit
 
-DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT = ROOT.parent / "shared" / "data" / "mnist"
 MNIST_FILES = ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
 
 
@@ -30,6 +36,18 @@ def load(folder: Path) -> tuple[Dataset, Dataset]:
     """The train (first 8,000) and test (last 2,000) digits."""
     mnist = load_mnist_idx(folder)
     return mnist.subset(np.arange(8000)), mnist.subset(np.arange(8000, 10000))
+
+
+def reference(name: str, train: Dataset) -> onnx.ModelProto:
+    """Sample ``name`` fine-tuned dense for 5 epochs on ``train`` (BatchNorm inserted, lr 0.05).
+
+    The samples were trained on the scikit-learn digits; this is the dense model the MNIST
+    benchmarks prune and compare against.
+    """
+    dense = ShadowModel(normalize(ROOT / "sample_models" / f"{name}.onnx")[0])
+    dense.add_batchnorm(next(train.batches(256, shuffle=True))[0])
+    fit(dense, train, TrainConfig(epochs=5, lr=0.05, quiet=True))
+    return dense.export()
 
 
 def load_mnist_idx(folder: str | os.PathLike) -> Dataset:

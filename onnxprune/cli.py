@@ -18,6 +18,7 @@ from onnxprune import api, methods, modelio, plot, report
 from onnxprune.errors import OnnxPruneError, UsageError
 from onnxprune.methods.corr import DEFAULT_TOLERANCE, CorrOptions
 from onnxprune.methods.correlation import TERMS
+from onnxprune.methods.fdp import FdpOptions
 from onnxprune.methods.magnitude import ALLOCATIONS, IMPORTANCES, MagnitudeOptions
 from onnxprune.methods.pp import PpOptions
 
@@ -68,7 +69,8 @@ _CORR_OPTIONS = (
 )
 _ROUND_OPTIONS = (("pp", PpOptions(), _PP_OPTIONS), ("corr", CorrOptions(), _CORR_OPTIONS))
 _METHOD_OPTIONS = ("sparsity", "granularity", "layer_sparsity", "tolerance", "importance",
-                   "allocation", "calibration_samples", "reconstruction", "fold",
+                   "allocation", "calibration_samples", "reconstruction", "fold", "bands",
+                   "band_ratio", "prune_epochs",
                    *dict.fromkeys(name for _, _, table in _ROUND_OPTIONS
                                   for name, _, _ in table))
 
@@ -142,13 +144,25 @@ def _parsed(options: dict[str, Any]) -> dict[str, Any]:
                    "onnxruntime channel block, 16 with AVX-512, else 8; 1 disables).")
 @click.option("--report", "report_path", type=click.Path(path_type=Path),
               help="Also write the report as JSON here.")
-@click.option("--sparsity", type=float, help="admm: fraction of weights to remove, in (0, 1).")
+@click.option("--sparsity", type=float,
+              help="admm: fraction of weights to remove, in (0, 1); fdp: of DCT coefficients "
+                   f"(default {FdpOptions().sparsity}).")
 @click.option("--granularity", type=click.Choice(["weight", "filter"]),
               help="admm: prune individual weights (default) or whole filters.")
 @click.option("--layer-sparsity",
-              help="admm: uniform (default; first and last layers 3x denser), global (one "
-                   "magnitude ranking over all layers), or a JSON/YAML file {weight name: "
-                   "sparsity}.")
+              help="admm, fdp: uniform (default; first and last layers 3x denser), global "
+                   "(admm: one magnitude ranking over all layers), or a JSON/YAML file "
+                   "{weight name: sparsity}.")
+@click.option("--bands/--no-bands", default=None,
+              help="fdp: prune low DCT frequencies less than high ones (default on; off: one "
+                   "rate for every band).")
+@click.option("--band-ratio", type=float,
+              help="fdp: density of the highest band over the lowest's, in (0, 1] (default "
+                   f"{FdpOptions().band_ratio}).")
+@click.option("--prune-epochs", type=click.IntRange(min=1),
+              help="fdp: epochs of training with dynamic masks (default "
+                   f"{FdpOptions().prune_epochs}, then {FdpOptions().retrain_epochs} with the "
+                   "masks frozen).")
 @click.option("--tolerance", type=float,
               help="Accuracy points the method may lose on the validation data (corr: "
                    f"{DEFAULT_TOLERANCE} without a budget, none with one; pp: default "

@@ -99,9 +99,33 @@ def plot_stages(stages: Sequence[dict[str, Any]], path: str | os.PathLike) -> No
     _save(figure, path)
 
 
+def plot_bands(weights: dict[str, dict[str, Any]], path: str | os.PathLike) -> None:
+    """Draw the density of each DCT band, per weight kept in the frequency domain, into ``path``.
+
+    ``weights`` is fdp's report entry: per weight its domain, size and kept per band.
+    """
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(5, 3.5))
+    for name, entry in weights.items():
+        if entry["domain"] != "dct":
+            continue
+        kept = entry["kept_per_band"]
+        sizes = entry["band_sizes"]
+        axis.plot(range(len(kept)), [k / n for k, n in zip(kept, sizes, strict=True)], "o-",
+                  label=name, linewidth=1)
+    axis.set_xlabel("DCT band (i + j)")
+    axis.set_ylabel("coefficients kept")
+    axis.set_ylim(0, 1.05)
+    axis.legend(fontsize=6)
+    axis.grid(True, alpha=0.3)
+    _save(figure, path)
+
+
 def draw(report: dict[str, Any], path: str | os.PathLike) -> None:
-    """Draw the rounds or the stages a run's report records into ``path``."""
-    if "rounds" in report:
+    """Draw the rounds, the bands or the stages a run's report records into ``path``."""
+    if "weights" in report and any(w.get("domain") == "dct" for w in report["weights"].values()):
+        plot_bands(report["weights"], path)
+    elif "rounds" in report:
         plot_rounds(report, path)
     elif "stages" in report:
         plot_stages(report["stages"], path)

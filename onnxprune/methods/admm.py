@@ -166,7 +166,7 @@ class Admm:
         baseline = finetune.quality(shadow, teacher, ctx.val_data)
         if opts.granularity == "filter":
             return _run_filters(shadow, teacher, baseline, ctx, opts)
-        densities = _layer_densities(shadow, opts)
+        densities = layer_densities(shadow, opts.sparsity, opts.layer_sparsity)
         total = sum(shadow.parameter(n).numel() for n in densities)
         stages, best = [], shadow.snapshot()
         fractions = stage_densities(1 - opts.sparsity)
@@ -275,17 +275,22 @@ def _weights_projection(keep: dict[str, int]) -> Projection:
     return proj
 
 
-def _layer_densities(shadow: ShadowModel, opts: AdmmOptions) -> dict[str, float]:
-    """Target density of each weighted layer: uniform, first and last 3x denser, or the map."""
+def layer_densities(shadow: ShadowModel, sparsity: float,
+                    layer_sparsity: Any = None) -> dict[str, float]:
+    """Target density of each weighted layer: uniform, first and last 3x denser, or the map.
+
+    ``layer_sparsity`` is None, a rule name, a {weight name: sparsity} dict or a JSON/YAML
+    file of one; a map overrides the layers it names.
+    """
     names = [n for n in shadow.initializer_names()
              if shadow.parameter(n).ndim >= 2 and shadow.parameter(n).requires_grad]
     if not names:
         raise UsageError("the model has no weight matrices or kernels to prune")
-    density = 1 - opts.sparsity
+    density = 1 - sparsity
     out = {n: density for n in names}
     for n in (names[0], names[-1]):
         out[n] = min(1.0, 3 * density)
-    given = _read_map(opts.layer_sparsity)
+    given = _read_map(layer_sparsity)
     unknown = sorted(set(given) - set(names))
     if unknown:
         raise UsageError(f"--layer-sparsity names no weight of the model: {', '.join(unknown)}")

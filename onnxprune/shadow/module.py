@@ -42,6 +42,7 @@ import onnx
 import onnx_graphsurgeon as gs
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from onnxprune import modelio
 from onnxprune.errors import UnsupportedModelError
@@ -181,6 +182,28 @@ class ShadowModel(nn.Module):
                              f"{tuple(self.parameter(name).shape)}")
         self.register_buffer(key, mask)
         self._masks[name] = key
+
+    def parametrize(self, name: str, parametrization: nn.Module | None) -> None:
+        """Train initializer ``name`` through ``parametrization`` (``torch.nn.utils.parametrize``).
+
+        The tensor that trains becomes ``parametrization.right_inverse`` of the current value,
+        and forward and export read ``parametrization(that)``. None bakes the current value in
+        and makes the initializer a plain parameter again.
+        """
+        key = self._keys[name]
+        if parametrization is None:
+            if parametrize.is_parametrized(self.weights, key):
+                parametrize.remove_parametrizations(self.weights, key)
+            return
+        parametrize.register_parametrization(self.weights, key, parametrization)
+
+    def parametrization(self, name: str) -> nn.Module:
+        """The parametrization initializer ``name`` trains through (see :meth:`parametrize`)."""
+        return self.weights.parametrizations[self._keys[name]][0]
+
+    def original(self, name: str) -> torch.Tensor:
+        """The tensor that trains for a parametrized initializer ``name``."""
+        return self.weights.parametrizations[self._keys[name]].original
 
     def mask(self, name: str) -> torch.Tensor | None:
         """The mask set on initializer ``name``, if any."""

@@ -19,9 +19,14 @@ W-step lr 1e-3 (with Adam there) barely move SGD's weights in a small budget (Le
 reached 15.5x within 0.5 points, below one-shot magnitude pruning); rho 0.1 growing 1.5x per
 iteration with lr 1e-2 reached 31x and beat it. Masked retraining uses lr 1e-2, as the paper.
 The stage and epoch counts are small so that the command runs as typed on a CPU; all are
-options. ``tolerance`` (accuracy points)
-stops the progression at the last stage within it of the original's validation quality.
-Weight level only: the file shrinks (sparse storage) but onnxruntime does not run faster.
+options. Both levels train with the BatchNorm that fine-tuning on labels re-inserts after
+each Conv (``--train-batchnorm``): without it weight-level ADMM diverged on the ResNet sample
+(BatchNorm folded; NaN in the first epoch at lr 1e-2), lost 4.7 points more on vgg_bn and
+0.25 to 0.5 more on LeNet-5 at 10x (``benchmarks/admm_defaults.py``). There ``uniform`` beat
+``global`` on resnet and vgg_bn (0.3, 0.5 points) and lost on LeNet-5 (0.3): it stays.
+``tolerance`` (accuracy points) stops the progression at the last stage within it of the
+original's validation quality. Weight level only: the file shrinks (sparse storage) but
+onnxruntime does not run faster.
 """
 
 from __future__ import annotations
@@ -155,11 +160,6 @@ class Admm:
             raise UsageError("admm at weight level zeroes single weights and keeps every "
                              "channel, so it cannot meet --max-flops or --max-params; give "
                              "--sparsity, or --granularity filter with --max-flops")
-        # BatchNorm re-inserted for training (TrainConfig.batchnorm) keeps filter pruning of
-        # folded-BN networks from diverging; weight-level ADMM on LeNet-5 did better without
-        # it (benchmarks/admm_lenet_mnist.py: 0.05 against 0.40 points lost at 31x).
-        if opts.granularity == "weight":
-            ctx = replace(ctx, train=replace(ctx.train, batchnorm=False))
         shadow, teacher = finetune.trainable_shadow(ctx.model, ctx.data, ctx.train), None
         if ctx.data is not None and not ctx.data.labelled:
             teacher = ShadowModel(ctx.model)

@@ -19,7 +19,7 @@ against the dense reference in the same process; session creation is the written
 (rebuilding its weights) over the reference's, median of 5.
 
     python benchmarks/fdp_mnist.py [--models lenet5 resnet vgg_bn] [--sparsity 0.9]
-        [--epochs 8] [--methods fdp fdp-no-bands admm]
+        [--epochs 8] [--methods fdp fdp-no-bands admm] [--band-ratio R]
 """
 
 from __future__ import annotations
@@ -46,6 +46,8 @@ def main() -> None:
     parser.add_argument("--methods", nargs="*", default=list(METHODS), choices=METHODS)
     parser.add_argument("--sparsity", type=float, default=0.9)
     parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--band-ratio", type=float, default=None,
+                        help="fdp's --band-ratio (default: fdp's own)")
     mnist_split.add_argument(parser)
     args = parser.parse_args()
     train_set, test = mnist_split.load(args.mnist)
@@ -61,18 +63,20 @@ def main() -> None:
               f"{len(reference.SerializeToString()):,} | | 4.0 | 1.00x | 1.00x | |", flush=True)
         for method in args.methods:
             start = time.perf_counter()
-            result = _prune(method, reference, train_set, args.sparsity, args.epochs)
+            result = _prune(method, reference, train_set, args.sparsity, args.epochs,
+                            args.band_ratio)
             _row(name, method, result, reference, test, time.perf_counter() - start)
 
 
 def _prune(method: str, reference: onnx.ModelProto, data: Any, sparsity: float,
-           epochs: int) -> api.PruneResult:
+           epochs: int, band_ratio: float | None) -> api.PruneResult:
     """One method to ``sparsity`` in ``epochs`` epochs of training."""
     if method.startswith("fdp"):
         retrain = max(1, epochs // 4)
+        ratio = {} if band_ratio is None else {"band_ratio": band_ratio}
         return api.prune(reference, "fdp", sparsity=sparsity, data=data, quiet=True,
                          prune_epochs=epochs - retrain, retrain_epochs=retrain,
-                         bands=method == "fdp")
+                         bands=method == "fdp", **ratio)
     per = max(1, epochs // (2 * len(stage_densities(1 - sparsity))))
     return api.prune(reference, "admm", sparsity=sparsity, data=data, quiet=True,
                      iterations=1, epochs_per_iteration=per, retrain_epochs=per)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -167,6 +170,12 @@ def test_refuses_a_flops_budget_and_missing_data() -> None:
                         data=_digits(64), quiet=True)
     with pytest.raises(UsageError, match="needs --data"):
         onnxprune.prune(ROOT / "sample_models" / "lenet5.onnx", "fdp", quiet=True)
+    with pytest.raises(UsageError, match="leave --epochs out"):  # it would fill the zeros in
+        onnxprune.prune(ROOT / "sample_models" / "lenet5.onnx", "fdp", data=_digits(64),
+                        epochs=1, quiet=True)
+    with pytest.raises(UsageError, match="--band-ratio"):
+        onnxprune.prune(ROOT / "sample_models" / "lenet5.onnx", "fdp", data=_digits(64),
+                        band_ratio=0.0, quiet=True)
 
 
 def test_plot_draws_the_band_densities(tmp_path: Path) -> None:
@@ -200,3 +209,21 @@ def test_written_file_rebuilds_the_trained_weights(tmp_path: Path) -> None:
         scale = float(np.abs(trained[name]).max())
         assert float(np.abs(loaded[name] - trained[name]).max()) <= 1e-5 * scale
     assert sum(n.op_type == "MatMul" for n in stored.graph.node) >= 2 * len(dct_weights)
+
+
+def test_cli_as_typed_writes_a_smaller_file_and_its_report(tmp_path: Path) -> None:
+    exe = Path(sys.executable).parent / "onnxprune"
+    x, y = _digits(300)
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    out, report = tmp_path / "small.onnx", tmp_path / "r.json"
+    lenet = ROOT / "sample_models" / "lenet5.onnx"
+    done = subprocess.run([str(exe), str(lenet), "--method", "fdp", "--sparsity", "0.9",
+                           "--data", str(tmp_path / "d.npz"), "--prune-epochs", "1",
+                           "--band-ratio", "0.5", "--out", str(out), "--report", str(report),
+                           "--quiet"], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    written = json.loads(report.read_text())
+    assert written["compression"] > 5 and written["storage"]["formats"]["dct"] >= 1
+    assert written["storage"]["bytes_per_kept_weight"] <= 6
+    assert out.stat().st_size < 0.25 * lenet.stat().st_size
+    modelio.session(modelio.load(out))

@@ -229,7 +229,7 @@ def test_the_report_gives_bytes_per_kept_weight() -> None:
     model = model_of(weights(0.05))
     packed = [s for s in sparse.describe(model) if s.format != "dense"]
     found = report.storage(model)
-    assert found["formats"] == {"dense": 1, "sparse": 0, "compact": 2}
+    assert found["formats"] == {"dense": 1, "sparse": 0, "compact": 2, "dct": 0}
     assert found["bytes_per_kept_weight"] == (sum(s.nbytes for s in packed)
                                               / sum(s.kept for s in packed))
     assert report.storage(model_of(weights(1.0)))["bytes_per_kept_weight"] is None

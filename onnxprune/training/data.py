@@ -29,7 +29,9 @@ import torch
 
 from onnxprune import modelio
 from onnxprune.errors import UsageError
-from onnxprune.training import sources
+from onnxprune.training import lazy, sources
+
+CHECK_ROWS = 256  # rows :func:`check` reads at a time
 
 
 @dataclass(frozen=True)
@@ -50,13 +52,17 @@ class InputSpec:
 class Dataset:
     """Inputs ``x`` (a float array, N samples first) and optional N int64 labels ``y``.
 
+    ``x`` may read its rows on demand (:mod:`onnxprune.training.lazy`: a memory-mapped
+    ``.npz``, an image folder): batches read a batch of rows, and a subset of it is a list of
+    positions, so memory does not grow with the data set.
+
     ``source`` says where the data came from, for messages. Raises UsageError when ``x`` is
     not a float array or ``y`` is not N integer labels.
     """
 
-    def __init__(self, x: np.ndarray, y: np.ndarray | None = None, *,
+    def __init__(self, x: np.ndarray | lazy.Lazy, y: np.ndarray | None = None, *,
                  source: str = "data") -> None:
-        if not isinstance(x, np.ndarray) or x.ndim == 0 or x.dtype.kind != "f":
+        if not isinstance(x, np.ndarray | lazy.Lazy) or x.ndim == 0 or x.dtype.kind != "f":
             raise UsageError(f"{source}: inputs x must be a float array with samples first, got "
                              f"{getattr(x, 'dtype', type(x).__name__)} {np.shape(x)}")
         if y is not None:
@@ -81,10 +87,9 @@ class Dataset:
     def subset(self, indices: Sequence[int] | np.ndarray) -> Dataset:
         """The samples at ``indices`` (integer positions or a boolean mask), in that order."""
         index = np.asarray(indices)
-        if index.dtype != bool:
-            index = index.astype(np.int64)
-        return Dataset(self.x[index], None if self.y is None else self.y[index],
-                       source=self.source)
+        index = np.flatnonzero(index) if index.dtype == bool else index.astype(np.int64)
+        x = lazy.Indexed(self.x, index) if lazy.is_lazy(self.x) else self.x[index]
+        return Dataset(x, None if self.y is None else self.y[index], source=self.source)
 
     def batches(self, batch_size: int, *, shuffle: bool = False, seed: int = 0,
                 drop_last: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
@@ -163,7 +168,15 @@ def load_data(source: Any, spec: InputSpec, *, input_size: tuple[int, int] | Non
         x, y = sources.read_object(source, where)
     if x.dtype.kind not in "fiu":
         raise UsageError(f"{where}: inputs x must be numbers, got {x.dtype}")
-    x = _normalise(x.astype(dtype, copy=False), mean, std, where)
+    if lazy.is_lazy(x):
+        if mean is not None or std is not None:  # refuse a misfit now, not in training
+            _normalise(np.asarray(x[:1]).astype(dtype), mean, std, where)
+        if mean is not None or std is not None or x.dtype != dtype:
+            x = lazy.Mapped(x, lambda a: _normalise(a.astype(dtype, copy=False), mean, std,
+                                                    where), dtype,
+                            finite=getattr(x, "finite", False))
+    else:
+        x = _normalise(x.astype(dtype, copy=False), mean, std, where)
     return Dataset(x, y, source=where)
 
 
@@ -224,7 +237,10 @@ def check(data: Dataset, spec: InputSpec, classes: int | None = None) -> None:
     _float_dtype(spec)
     if not len(data):
         raise UsageError(f"{data.source}: holds no samples")
-    finite = np.isfinite(data.x).reshape(len(data), -1).all(axis=1)
+    finite = np.ones(len(data), bool) if getattr(data.x, "finite", False) else np.concatenate([
+        np.isfinite(np.asarray(data.x[start:start + CHECK_ROWS])).reshape(
+            min(CHECK_ROWS, len(data) - start), -1).all(axis=1)
+        for start in range(0, len(data), CHECK_ROWS)])
     if not finite.all():
         raise UsageError(f"{data.source}: {int((~finite).sum())} of {len(data)} inputs hold NaN "
                          f"or infinite values (the first is sample {int(np.argmin(finite))})")
@@ -272,8 +288,11 @@ def _shape_text(shape: Sequence[int | str]) -> str:
 
 
 def _read_images(folder: Path, spec: InputSpec,
-                 input_size: tuple[int, int] | None) -> tuple[np.ndarray, np.ndarray]:
-    """Images resized to (H, W), in the spec's dtype / 255, labelled by sorted class folder."""
+                 input_size: tuple[int, int] | None) -> tuple[lazy.Lazy, np.ndarray]:
+    """Images resized to (H, W), in the spec's dtype / 255, labelled by sorted class folder.
+
+    Decoded as batches read them (image folders are always finite: :func:`check` skips them).
+    """
     channels = spec.shape[1] if len(spec.shape) == 4 else None
     if channels not in sources.IMAGE_MODES:
         raise UsageError(f"{folder}: image folders need a model input of shape (N, 1 or 3, H, W); "
@@ -284,7 +303,8 @@ def _read_images(folder: Path, spec: InputSpec,
                          f"{_shape_text(spec.shape)}; give --input-size H W to resize images to")
     pixels, labels = sources.read_images(folder, channels, height, width)
     dtype = _float_dtype(spec)
-    return pixels.astype(dtype) / dtype.type(255), labels
+    return lazy.Mapped(pixels, lambda a: a.astype(dtype) / dtype.type(255), dtype,
+                       finite=True), labels
 
 
 def _normalise(x: np.ndarray, mean: list[float] | None, std: list[float] | None,

@@ -20,9 +20,10 @@ from PIL import Image
 
 from onnxprune.errors import UsageError
 from onnxprune.limits import check_tensor
+from onnxprune.training.lazy import IMAGE_MODES, Images, npz_member
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
-IMAGE_MODES = {1: "L", 3: "RGB"}  # channels of the model input -> Pillow mode
+__all__ = ["IMAGE_EXTENSIONS", "IMAGE_MODES", "read_images", "read_npz", "read_path"]
 
 
 def read_path(source: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | None]:
@@ -39,7 +40,11 @@ def read_path(source: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | None]
 
 
 def read_npz(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
-    """Array ``x`` and, when present, ``y`` of a ``.npz`` file."""
+    """Array ``x`` and, when present, ``y`` of a ``.npz`` file.
+
+    ``x`` is mapped from the file when ``np.savez`` stored it uncompressed (read whole from
+    ``np.savez_compressed``); ``y`` is read.
+    """
     if not zipfile.is_zipfile(path):
         raise UsageError(f"{path}: not an .npz archive (np.savez writes one)")
     try:
@@ -51,7 +56,9 @@ def read_npz(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
             for name in names:
                 shape, dtype = _npy_header(arrays.zip, f"{name}.npy")
                 check_tensor(shape, dtype, f"{path}: array '{name}'")
-            return arrays["x"], arrays["y"] if "y" in arrays.files else None
+            x = npz_member(path, arrays.zip, "x.npy")
+            return (arrays["x"] if x is None else x,
+                    arrays["y"] if "y" in arrays.files else None)
     except (OSError, ValueError, zipfile.BadZipFile) as e:
         raise UsageError(f"{path}: not a readable .npz file ({e})") from e
 
@@ -67,8 +74,11 @@ def _npy_header(archive: zipfile.ZipFile, member: str) -> tuple[tuple[int, ...],
 
 
 def read_images(folder: Path, channels: int, height: int,
-                width: int) -> tuple[np.ndarray, np.ndarray]:
-    """uint8 pixels (N, channels, height, width) and labels by sorted class subfolder."""
+                width: int) -> tuple[Images, np.ndarray]:
+    """Pixels (N, channels, height, width) decoded when read; labels by sorted class folder.
+
+    Every file's header is read now: one that is no image is refused before any work.
+    """
     classes = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
         raise UsageError(f"{folder}: no class subfolders; an image folder holds one subfolder "
@@ -78,16 +88,14 @@ def read_images(folder: Path, channels: int, height: int,
     if not files:
         raise UsageError(f"{folder}: no images ({', '.join(IMAGE_EXTENSIONS)}) in its class "
                          "subfolders")
-    pixels = np.empty((len(files), channels, height, width), np.uint8)
-    for i, (file, _) in enumerate(files):
+    for file, _ in files:  # headers only, so that a stray file is refused before any work
         try:
-            with Image.open(file) as image:
-                resized = image.convert(IMAGE_MODES[channels]).resize(
-                    (width, height), Image.Resampling.BILINEAR)
+            with Image.open(file):
+                pass
         except (OSError, ValueError) as e:
             raise UsageError(f"{file}: not a readable image ({e})") from e
-        pixels[i] = np.asarray(resized).reshape(height, width, channels).transpose(2, 0, 1)
-    return pixels, np.array([label for _, label in files], np.int64)
+    return (Images([f for f, _ in files], channels, height, width),
+            np.array([label for _, label in files], np.int64))
 
 
 def call_function(text: str) -> object:

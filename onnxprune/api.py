@@ -33,6 +33,8 @@ from onnxprune.passes.pipeline import CLEANUP, NORMALIZE, PRUNE
 from onnxprune.plan import Plan
 from onnxprune.report import build_report, source_name
 from onnxprune.shadow import ShadowModel
+from onnxprune.training import lazy
+from onnxprune.training.data import Dataset
 from onnxprune.training.features import group_features
 from onnxprune.training.finetune import finetune
 from onnxprune.training.loop import TrainConfig
@@ -90,7 +92,7 @@ def prune(model: modelio.ModelLike, method: str = "magnitude", *,
           std: list[float] | None = None, epochs: int = 0, lr: float | None = None,
           batch_size: int = 64, device: str = "cpu", seed: int = 0, quiet: bool = False,
           train_batchnorm: bool | None = None, distill_features: bool = False,
-          **options: Any) -> PruneResult:
+          workers: int | None = None, **options: Any) -> PruneResult:
     """Prune ``model`` (a path or ModelProto) with ``method`` and return the result.
 
     ``max_flops`` / ``max_params`` are the fractions of the original to keep; ``round_to``
@@ -102,7 +104,8 @@ def prune(model: modelio.ModelLike, method: str = "magnitude", *,
     ``lr`` and ``train_batchnorm`` (a BatchNorm after each Conv while training, folded back
     on export) default by whether the data is labelled (:meth:`TrainConfig.for_data`);
     ``distill_features`` makes label-free fine-tuning also match each group's kept channels
-    to the original's (:mod:`onnxprune.training.features`).
+    to the original's (:mod:`onnxprune.training.features`). ``workers`` DataLoader processes
+    read the training batches (default: :func:`default_workers`).
     """
     chosen = _method(method, options, has_data=data is not None)
     if val_data is not None and data is None:
@@ -113,7 +116,8 @@ def prune(model: modelio.ModelLike, method: str = "magnitude", *,
         needs_training=epochs > 0 or getattr(chosen, "trains", False))
     config = TrainConfig.for_data(
         prepared.train is not None and prepared.train.labelled, lr=lr, batchnorm=train_batchnorm,
-        epochs=epochs, batch_size=batch_size, device=device, seed=seed, quiet=quiet)
+        epochs=epochs, batch_size=batch_size, device=device, seed=seed, quiet=quiet,
+        workers=default_workers(prepared.train) if workers is None else workers)
     if epochs > 0:
         ShadowModel(work)  # refuses an op the shadow cannot run, before any work
     graph = modelio.to_graph(work)
@@ -143,9 +147,21 @@ def prune(model: modelio.ModelLike, method: str = "magnitude", *,
                  "round_to": context.round_to, "epochs": epochs, "lr": config.lr,
                  "batch_size": batch_size, "device": device, "seed": seed,
                  "train_batchnorm": config.batchnorm, "distill_features": distill_features,
+                 "workers": config.workers,
                  **options})
     return PruneResult(written, plan, report, paths.files_read(model, data, val_data,
                                                              *options.values()))
+
+
+def default_workers(data: Dataset | None) -> int:
+    """Worker processes for reading ``data``'s training batches.
+
+    Up to 4, leaving a core to train, when its inputs are read from files as batches need them
+    (an image folder, a mapped .npz); none for arrays in memory, which workers only slow.
+    """
+    if data is None or not lazy.is_lazy(data.x):
+        return 0
+    return max(0, min(4, (os.cpu_count() or 1) - 1))
 
 
 @_naming_the_model

@@ -206,6 +206,9 @@ def _parsed(options: dict[str, Any]) -> dict[str, Any]:
 @click.option("--distill-features/--no-distill-features", default=False, show_default=True,
               help="Label-free fine-tuning also matches each channel group's kept channels "
                    "to the original's, not only the outputs.")
+@click.option("--workers", type=click.IntRange(min=0),
+              help="DataLoader processes reading the training batches (default: up to 4, a "
+                   "core left to train, for an image folder or a mapped .npz; 0 otherwise).")
 @click.option("--quiet", is_flag=True, help="Print nothing but errors.")
 def prune_command(model: Path, method: str, out: Path, report_path: Path | None, quiet: bool,
                   plot_path: Path | None, **options: Any) -> None:

@@ -92,25 +92,30 @@ class Dataset:
         return Dataset(x, None if self.y is None else self.y[index], source=self.source)
 
     def batches(self, batch_size: int, *, shuffle: bool = False, seed: int = 0,
-                drop_last: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+                drop_last: bool = False,
+                workers: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
         """Every sample once, as ``(x, y)`` tensors (``y`` is None when unlabelled).
 
         With ``shuffle`` the order is a permutation drawn from ``seed``, so runs repeat;
-        ``drop_last`` leaves out a last batch smaller than ``batch_size``.
+        ``drop_last`` leaves out a last batch smaller than ``batch_size``. ``workers`` > 0
+        reads the batches in that many DataLoader worker processes (decoding images while
+        the model trains), in the same order.
         """
         if batch_size < 1:
             raise UsageError(f"batch size must be at least 1, got {batch_size}")
         n = len(self)
         order = np.random.default_rng(seed).permutation(n) if shuffle else np.arange(n)
         stop = n - n % batch_size if drop_last else n
-        return self._batches(order[:stop], batch_size)
+        chunks = [order[start:start + batch_size] for start in range(0, stop, batch_size)]
+        if workers > 0:
+            return iter(torch.utils.data.DataLoader(self, batch_size=None, sampler=chunks,
+                                                    num_workers=workers))
+        return map(self.__getitem__, chunks)
 
-    def _batches(self, order: np.ndarray,
-                 batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
-        for start in range(0, len(order), batch_size):
-            index = order[start:start + batch_size]
-            yield (torch.from_numpy(self.x[index]),
-                   None if self.y is None else torch.from_numpy(self.y[index]))
+    def __getitem__(self, index: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The batch at positions ``index``, as ``(x, y)`` tensors."""
+        return (torch.from_numpy(np.asarray(self.x[index])),
+                None if self.y is None else torch.from_numpy(self.y[index]))
 
 
 def input_spec(model: onnx.ModelProto) -> InputSpec:

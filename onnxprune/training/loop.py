@@ -66,12 +66,15 @@ class TrainConfig:
     quiet: bool = False
     batchnorm: bool = True  # train with a BatchNorm after each Conv (ShadowModel.add_batchnorm)
     cosine: bool = False  # decay the learning rate to zero along a cosine over the run
+    workers: int = 0  # DataLoader worker processes reading the training batches
 
     def __post_init__(self) -> None:
         if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
             raise UsageError(f"--device must be cpu or cuda, got {self.device}")
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise UsageError("--device cuda: torch sees no CUDA device on this machine")
+        if self.workers < 0:
+            raise UsageError(f"--workers must be >= 0, got {self.workers}")
         if self.epochs < 0 or self.batch_size < 1:
             raise UsageError("--epochs must be >= 0 and --batch-size >= 1")
         if not (self.lr > 0 and math.isfinite(self.lr)):
@@ -132,7 +135,8 @@ def train(model: nn.Module, data: Dataset, config: TrainConfig, *,
     history = []
     for epoch in range(config.epochs):
         total, count, start = 0.0, 0, time.perf_counter()
-        for x, y in data.batches(config.batch_size, shuffle=True, seed=config.seed + epoch):
+        for x, y in data.batches(config.batch_size, shuffle=True, seed=config.seed + epoch,
+                                 workers=config.workers):
             x = x.to(device)
             if y is not None:
                 loss = F.cross_entropy(_class_scores(model, x), y.to(device))

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
+import onnx.numpy_helper
 import pytest
+import torch
 from conftest import ROOT
 from PIL import Image
 
 import onnxprune
+import onnxprune.api
 from onnxprune.training import data as datasets
 from onnxprune.training import lazy
 
@@ -88,3 +92,22 @@ def test_cast_and_normalisation_apply_as_rows_are_read(tmp_path: Path, save: obj
     data = datasets.load_data(tmp_path / "d.npz", SPEC, mean=[0.5], std=[0.25])
     assert data.x.dtype == np.float32
     np.testing.assert_allclose(np.asarray(data.x), (x - 0.5) / 0.25, atol=1e-6)
+
+
+def test_workers_read_the_same_batches_and_train_the_same_model(tmp_path: Path) -> None:
+    root = _folder(tmp_path, 120, classes=10)
+    data = datasets.load_data(root, SPEC)
+    alone = list(data.batches(16, shuffle=True, seed=3))
+    helped = list(data.batches(16, shuffle=True, seed=3, workers=2))
+    assert len(alone) == len(helped) == 8
+    for (x1, y1), (x2, y2) in zip(alone, helped, strict=True):
+        assert torch.equal(x1, x2) and torch.equal(y1, y2)
+    runs = [onnxprune.prune(LENET, "magnitude", max_flops=0.6, data=root, epochs=1,
+                            round_to=1, quiet=True, workers=w) for w in (0, 2)]
+    assert [r.report["options"]["workers"] for r in runs] == [0, 2]
+    for a, b in zip(runs[0].model.graph.initializer, runs[1].model.graph.initializer,
+                    strict=True):
+        np.testing.assert_array_equal(onnx.numpy_helper.to_array(a),
+                                      onnx.numpy_helper.to_array(b))
+    assert onnxprune.api.default_workers(data) == max(0, min(4, (os.cpu_count() or 1) - 1))
+    assert onnxprune.api.default_workers(datasets.Dataset(np.zeros((4, 1), np.float32))) == 0

@@ -34,6 +34,7 @@ from onnxprune.plan import Plan
 from onnxprune.report import build_report, source_name
 from onnxprune.shadow import ShadowModel
 from onnxprune.training import lazy
+from onnxprune.training.checkpoint import Checkpoints
 from onnxprune.training.data import Dataset
 from onnxprune.training.features import group_features
 from onnxprune.training.finetune import finetune
@@ -92,7 +93,8 @@ def prune(model: modelio.ModelLike, method: str = "magnitude", *,
           std: list[float] | None = None, epochs: int = 0, lr: float | None = None,
           batch_size: int = 64, device: str = "cpu", seed: int = 0, quiet: bool = False,
           train_batchnorm: bool | None = None, distill_features: bool = False,
-          workers: int | None = None, **options: Any) -> PruneResult:
+          workers: int | None = None, checkpoint_dir: str | os.PathLike | None = None,
+          resume: bool = False, **options: Any) -> PruneResult:
     """Prune ``model`` (a path or ModelProto) with ``method`` and return the result.
 
     ``max_flops`` / ``max_params`` are the fractions of the original to keep; ``round_to``
@@ -105,8 +107,12 @@ def prune(model: modelio.ModelLike, method: str = "magnitude", *,
     on export) default by whether the data is labelled (:meth:`TrainConfig.for_data`);
     ``distill_features`` makes label-free fine-tuning also match each group's kept channels
     to the original's (:mod:`onnxprune.training.features`). ``workers`` DataLoader processes
-    read the training batches (default: :func:`default_workers`).
+    read the training batches (default: :func:`default_workers`). ``checkpoint_dir`` keeps
+    the state each training call leaves; ``resume`` continues the run whose checkpoints it
+    holds, to the uninterrupted run's result (:mod:`onnxprune.training.checkpoint`).
     """
+    if resume and checkpoint_dir is None:
+        raise UsageError("--resume continues a run from its --checkpoint-dir; give the folder")
     chosen = _method(method, options, has_data=data is not None)
     if val_data is not None and data is None:
         raise UsageError("--val-data measures training on --data; give --data too")
@@ -117,7 +123,9 @@ def prune(model: modelio.ModelLike, method: str = "magnitude", *,
     config = TrainConfig.for_data(
         prepared.train is not None and prepared.train.labelled, lr=lr, batchnorm=train_batchnorm,
         epochs=epochs, batch_size=batch_size, device=device, seed=seed, quiet=quiet,
-        workers=default_workers(prepared.train) if workers is None else workers)
+        workers=default_workers(prepared.train) if workers is None else workers,
+        checkpoints=None if checkpoint_dir is None else Checkpoints(checkpoint_dir,
+                                                                    resume=resume))
     if epochs > 0:
         ShadowModel(work)  # refuses an op the shadow cannot run, before any work
     graph = modelio.to_graph(work)
@@ -147,10 +155,17 @@ def prune(model: modelio.ModelLike, method: str = "magnitude", *,
                  "round_to": context.round_to, "epochs": epochs, "lr": config.lr,
                  "batch_size": batch_size, "device": device, "seed": seed,
                  "train_batchnorm": config.batchnorm, "distill_features": distill_features,
-                 "workers": config.workers,
+                 "workers": config.workers, "checkpoint_dir": _text(checkpoint_dir),
                  **options})
+    if config.checkpoints is not None:
+        report["checkpoints"] = {"training_calls": config.checkpoints.calls,
+                                 "restored": config.checkpoints.restored}
     return PruneResult(written, plan, report, paths.files_read(model, data, val_data,
                                                              *options.values()))
+
+
+def _text(path: str | os.PathLike | None) -> str | None:
+    return None if path is None else os.fspath(path)
 
 
 def default_workers(data: Dataset | None) -> int:

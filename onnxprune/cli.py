@@ -209,6 +209,12 @@ def _parsed(options: dict[str, Any]) -> dict[str, Any]:
 @click.option("--workers", type=click.IntRange(min=0),
               help="DataLoader processes reading the training batches (default: up to 4, a "
                    "core left to train, for an image folder or a mapped .npz; 0 otherwise).")
+@click.option("--checkpoint-dir", type=click.Path(path_type=Path),
+              help="Keep the state each training call leaves (an epoch block: an ADMM "
+                   "iteration, a pp or corr round, the fine-tuning) in this folder.")
+@click.option("--resume", is_flag=True,
+              help="Continue the run whose checkpoints --checkpoint-dir holds; it ends as the "
+                   "uninterrupted run would (same model, data, options and seed).")
 @click.option("--quiet", is_flag=True, help="Print nothing but errors.")
 def prune_command(model: Path, method: str, out: Path, report_path: Path | None, quiet: bool,
                   plot_path: Path | None, **options: Any) -> None:

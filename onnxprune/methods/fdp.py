@@ -117,6 +117,16 @@ class DynamicMasks(Hooks):
         """The coefficients weight ``name`` trains as."""
         return self.shadow.original(name)
 
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint keeps of it (the masks themselves are shadow buffers)."""
+        return {"iteration": self.iteration, "rng": self.rng.bit_generator.state,
+                "frozen": self.frozen}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Take back what :meth:`state_dict` gave."""
+        self.iteration, self.frozen = state["iteration"], state["frozen"]
+        self.rng.bit_generator.state = state["rng"]
+
     def after_step(self, model: Any) -> None:
         """Update the masks, with DNS's decaying probability, unless they are frozen."""
         self.iteration += 1

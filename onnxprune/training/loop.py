@@ -43,6 +43,7 @@ from onnxprune.errors import TrainingError, UsageError
 from onnxprune.fidelity import Tally, input_batches, runner
 from onnxprune.shadow import ShadowModel
 from onnxprune.shadow.module import OutputKind
+from onnxprune.training.checkpoint import Checkpoints, fingerprint
 from onnxprune.training.data import Dataset
 from onnxprune.training.features import Feature, feature_loss
 
@@ -67,6 +68,7 @@ class TrainConfig:
     batchnorm: bool = True  # train with a BatchNorm after each Conv (ShadowModel.add_batchnorm)
     cosine: bool = False  # decay the learning rate to zero along a cosine over the run
     workers: int = 0  # DataLoader worker processes reading the training batches
+    checkpoints: Checkpoints | None = None  # save each training call's state; resume a run
 
     def __post_init__(self) -> None:
         if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
@@ -125,6 +127,13 @@ def train(model: nn.Module, data: Dataset, config: TrainConfig, *,
     model.to(device).train()
     if teacher is not None:
         teacher.to(device).eval()
+    checkpoints, entry = config.checkpoints, ""
+    if checkpoints is not None:
+        entry = fingerprint(model)
+        restored = checkpoints.restore(model, hooks, entry)
+        if restored is not None:
+            model.eval()
+            return restored
     params = [p for p in model.parameters() if p.requires_grad]
     optimiser = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
                                 weight_decay=config.weight_decay)
@@ -167,6 +176,8 @@ def train(model: nn.Module, data: Dataset, config: TrainConfig, *,
             hook.end_epoch(model, epoch)
     bar.close()
     model.eval()
+    if checkpoints is not None:
+        checkpoints.save(model, hooks, history, entry)
     return history
 
 
@@ -276,6 +287,16 @@ class KeepBest(Hooks):
         """Load the best epoch's weights into ``model``."""
         if self._best is not None:
             model.load_state_dict(self._best)
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint keeps of it: the scores and the best epoch's weights."""
+        return {"scores": self.scores, "best_epoch": self.best_epoch,
+                "best_score": self._best_score, "best": self._best}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Take back what :meth:`state_dict` gave."""
+        self.scores, self.best_epoch = list(state["scores"]), state["best_epoch"]
+        self._best_score, self._best = state["best_score"], state["best"]
 
     def summary(self) -> dict[str, object]:
         """The metric, its value per epoch (0 = before training) and the epoch kept."""

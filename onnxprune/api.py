@@ -33,7 +33,7 @@ from onnxprune.passes.pipeline import CLEANUP, NORMALIZE, PRUNE
 from onnxprune.plan import Plan
 from onnxprune.report import build_report, source_name
 from onnxprune.shadow import ShadowModel
-from onnxprune.training import lazy
+from onnxprune.training import distributed, lazy
 from onnxprune.training.checkpoint import Checkpoints
 from onnxprune.training.data import Dataset
 from onnxprune.training.features import group_features
@@ -64,9 +64,13 @@ class PruneResult:
     inputs: tuple[Path, ...] = ()
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write the model atomically, sparse weights stored sparsely; record path and size."""
+        """Write the model atomically, sparse weights stored sparsely; record path and size.
+
+        Under torchrun only rank 0 writes (every rank holds the same model).
+        """
         paths.check_outputs({"the output": path}, self.inputs)
-        size = modelio.save(sparse.store(self.model), path)
+        stored = sparse.store(self.model)
+        size = modelio.save(stored, path) if distributed.writes() else stored.ByteSize()
         self.report["output"] = str(path)
         self.report["after"]["bytes"] = size
 
@@ -113,6 +117,7 @@ def prune(model: modelio.ModelLike, method: str = "magnitude", *,
     """
     if resume and checkpoint_dir is None:
         raise UsageError("--resume continues a run from its --checkpoint-dir; give the folder")
+    distributed.start_from_env(device)
     chosen = _method(method, options, has_data=data is not None)
     if val_data is not None and data is None:
         raise UsageError("--val-data measures training on --data; give --data too")
@@ -157,6 +162,7 @@ def prune(model: modelio.ModelLike, method: str = "magnitude", *,
                  "train_batchnorm": config.batchnorm, "distill_features": distill_features,
                  "workers": config.workers, "checkpoint_dir": _text(checkpoint_dir),
                  **options})
+    report["world_size"] = distributed.world()[1]
     if config.checkpoints is not None:
         report["checkpoints"] = {"training_calls": config.checkpoints.calls,
                                  "restored": config.checkpoints.restored}

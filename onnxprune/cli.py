@@ -21,6 +21,7 @@ from onnxprune.methods.correlation import TERMS
 from onnxprune.methods.fdp import FdpOptions
 from onnxprune.methods.magnitude import ALLOCATIONS, IMPORTANCES, MagnitudeOptions
 from onnxprune.methods.pp import PpOptions
+from onnxprune.training import distributed
 
 EXIT_BAD_INPUT = 2
 
@@ -225,6 +226,8 @@ def prune_command(model: Path, method: str, out: Path, report_path: Path | None,
                       **given)
     result = api.prune(model, method, quiet=quiet, **given)
     result.save(out)
+    if not distributed.writes():
+        return  # under torchrun rank 0 writes and reports
     if report_path is not None:
         modelio.save_text(report.to_json(result.report), report_path)
     if plot_path is not None:

@@ -92,14 +92,16 @@ class Dataset:
         return Dataset(x, None if self.y is None else self.y[index], source=self.source)
 
     def batches(self, batch_size: int, *, shuffle: bool = False, seed: int = 0,
-                drop_last: bool = False,
-                workers: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+                drop_last: bool = False, workers: int = 0, shard: tuple[int, int] = (0, 1),
+                ) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
         """Every sample once, as ``(x, y)`` tensors (``y`` is None when unlabelled).
 
         With ``shuffle`` the order is a permutation drawn from ``seed``, so runs repeat;
         ``drop_last`` leaves out a last batch smaller than ``batch_size``. ``workers`` > 0
         reads the batches in that many DataLoader worker processes (decoding images while
-        the model trains), in the same order.
+        the model trains), in the same order. ``shard`` ``(rank, size)`` keeps batches
+        ``rank``, ``rank + size``, ... of as many as every rank can have alike (the others of
+        the epoch's last round are left out), for training in several processes.
         """
         if batch_size < 1:
             raise UsageError(f"batch size must be at least 1, got {batch_size}")
@@ -107,10 +109,17 @@ class Dataset:
         order = np.random.default_rng(seed).permutation(n) if shuffle else np.arange(n)
         stop = n - n % batch_size if drop_last else n
         chunks = [order[start:start + batch_size] for start in range(0, stop, batch_size)]
+        rank, size = shard
+        if size > 1:
+            chunks = chunks[:len(chunks) - len(chunks) % size][rank::size]
         if workers > 0:
             return iter(torch.utils.data.DataLoader(self, batch_size=None, sampler=chunks,
                                                     num_workers=workers))
         return map(self.__getitem__, chunks)
+
+    def batch_count(self, batch_size: int, shard: tuple[int, int] = (0, 1)) -> int:
+        """How many batches :meth:`batches` gives each of ``shard[1]`` processes."""
+        return -(-len(self) // batch_size) // shard[1]
 
     def __getitem__(self, index: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The batch at positions ``index``, as ``(x, y)`` tensors."""

@@ -43,6 +43,7 @@ from onnxprune.errors import TrainingError, UsageError
 from onnxprune.fidelity import Tally, input_batches, runner
 from onnxprune.shadow import ShadowModel
 from onnxprune.shadow.module import OutputKind
+from onnxprune.training import distributed
 from onnxprune.training.checkpoint import Checkpoints, fingerprint
 from onnxprune.training.data import Dataset
 from onnxprune.training.features import Feature, feature_loss
@@ -137,7 +138,8 @@ def train(model: nn.Module, data: Dataset, config: TrainConfig, *,
     params = [p for p in model.parameters() if p.requires_grad]
     optimiser = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
                                 weight_decay=config.weight_decay)
-    steps = config.epochs * -(-len(data) // config.batch_size)
+    shard = distributed.world()
+    steps = config.epochs * data.batch_count(config.batch_size, shard)
     schedule = (torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, max(steps, 1))
                 if config.cosine else None)
     bar = progress(steps, "training", config.quiet, unit="batch")
@@ -145,7 +147,7 @@ def train(model: nn.Module, data: Dataset, config: TrainConfig, *,
     for epoch in range(config.epochs):
         total, count, start = 0.0, 0, time.perf_counter()
         for x, y in data.batches(config.batch_size, shuffle=True, seed=config.seed + epoch,
-                                 workers=config.workers):
+                                 workers=config.workers, shard=shard):
             x = x.to(device)
             if y is not None:
                 loss = F.cross_entropy(_class_scores(model, x), y.to(device))
@@ -158,6 +160,7 @@ def train(model: nn.Module, data: Dataset, config: TrainConfig, *,
                     loss = loss + extra
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
+            distributed.average_gradients(model)
             optimiser.step()
             if schedule is not None:
                 schedule.step()
@@ -168,6 +171,8 @@ def train(model: nn.Module, data: Dataset, config: TrainConfig, *,
             bar.update()
             bar.set_postfix(epoch=epoch + 1, loss=f"{total / count:.4f}",
                             samples_s=f"{count / (time.perf_counter() - start):.0f}")
+        total, count = distributed.total(total, count)
+        distributed.share_buffers(model)
         history.append(total / max(count, 1))
         if not math.isfinite(history[-1]):
             raise TrainingError(f"training diverged: the loss is {history[-1]} in epoch "
@@ -176,14 +181,15 @@ def train(model: nn.Module, data: Dataset, config: TrainConfig, *,
             hook.end_epoch(model, epoch)
     bar.close()
     model.eval()
-    if checkpoints is not None:
+    if checkpoints is not None and distributed.writes():
         checkpoints.save(model, hooks, history, entry)
     return history
 
 
 def progress(total: int, desc: str, quiet: bool, unit: str = "it") -> tqdm:
     """A progress bar on stderr; silent when ``quiet`` or when stderr is not a terminal."""
-    return tqdm(total=total, desc=desc, unit=unit, disable=quiet or not sys.stderr.isatty())
+    return tqdm(total=total, desc=desc, unit=unit,
+                disable=quiet or not sys.stderr.isatty() or not distributed.writes())
 
 
 def distil(student: nn.Module, teacher: nn.Module, x: torch.Tensor,

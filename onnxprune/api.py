@@ -98,7 +98,7 @@ def prune(model: modelio.ModelLike, method: str = "magnitude", *,
           batch_size: int = 64, device: str = "cpu", seed: int = 0, quiet: bool = False,
           train_batchnorm: bool | None = None, distill_features: bool = False,
           workers: int | None = None, checkpoint_dir: str | os.PathLike | None = None,
-          resume: bool = False, **options: Any) -> PruneResult:
+          resume: bool = False, amp: bool = False, **options: Any) -> PruneResult:
     """Prune ``model`` (a path or ModelProto) with ``method`` and return the result.
 
     ``max_flops`` / ``max_params`` are the fractions of the original to keep; ``round_to``
@@ -113,7 +113,8 @@ def prune(model: modelio.ModelLike, method: str = "magnitude", *,
     to the original's (:mod:`onnxprune.training.features`). ``workers`` DataLoader processes
     read the training batches (default: :func:`default_workers`). ``checkpoint_dir`` keeps
     the state each training call leaves; ``resume`` continues the run whose checkpoints it
-    holds, to the uninterrupted run's result (:mod:`onnxprune.training.checkpoint`).
+    holds, to the uninterrupted run's result (:mod:`onnxprune.training.checkpoint`). ``amp``
+    trains in mixed precision (float16 with loss scaling on CUDA, bfloat16 on CPU).
     """
     if resume and checkpoint_dir is None:
         raise UsageError("--resume continues a run from its --checkpoint-dir; give the folder")
@@ -130,7 +131,7 @@ def prune(model: modelio.ModelLike, method: str = "magnitude", *,
         epochs=epochs, batch_size=batch_size, device=device, seed=seed, quiet=quiet,
         workers=default_workers(prepared.train) if workers is None else workers,
         checkpoints=None if checkpoint_dir is None else Checkpoints(checkpoint_dir,
-                                                                    resume=resume))
+                                                                    resume=resume), amp=amp)
     if epochs > 0:
         ShadowModel(work)  # refuses an op the shadow cannot run, before any work
     graph = modelio.to_graph(work)
@@ -161,6 +162,7 @@ def prune(model: modelio.ModelLike, method: str = "magnitude", *,
                  "batch_size": batch_size, "device": device, "seed": seed,
                  "train_batchnorm": config.batchnorm, "distill_features": distill_features,
                  "workers": config.workers, "checkpoint_dir": _text(checkpoint_dir),
+                 "amp": amp,
                  **options})
     report["world_size"] = distributed.world()[1]
     if config.checkpoints is not None:

@@ -216,6 +216,9 @@ def _parsed(options: dict[str, Any]) -> dict[str, Any]:
 @click.option("--resume", is_flag=True,
               help="Continue the run whose checkpoints --checkpoint-dir holds; it ends as the "
                    "uninterrupted run would (same model, data, options and seed).")
+@click.option("--amp", is_flag=True,
+              help="Train in mixed precision: float16 with loss scaling on CUDA, bfloat16 on "
+                   "CPU.")
 @click.option("--quiet", is_flag=True, help="Print nothing but errors.")
 def prune_command(model: Path, method: str, out: Path, report_path: Path | None, quiet: bool,
                   plot_path: Path | None, **options: Any) -> None:

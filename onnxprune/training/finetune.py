@@ -3,7 +3,7 @@
 With labels the quality is accuracy; without labels it is agreement with the original model
 (top-1 match and output error), and fine-tuning distils from the original. Given held-out
 data, fine-tuning scores it after every epoch and returns the best epoch (see
-:class:`onnxprune.training.loop.KeepBest`), so more epochs never leave a worse model.
+:class:`onnxprune.training.keep_best.KeepBest`), so more epochs never leave a worse model.
 
 With labels the learning rate decays to zero along a cosine over the run (see
 :func:`finetune_config`); label-free distillation keeps it constant.
@@ -22,7 +22,8 @@ import torch
 from onnxprune.shadow import ShadowModel
 from onnxprune.training import data as datasets
 from onnxprune.training.features import Feature
-from onnxprune.training.loop import KeepBest, TrainConfig, evaluate, train
+from onnxprune.training.keep_best import KeepBest
+from onnxprune.training.loop import TrainConfig, evaluate, train
 
 CALIBRATION_SAMPLES = 256  # inputs that calibrate the inserted BatchNorms, a batch at a time
 

@@ -16,9 +16,9 @@ kept channels of each group's producer outputs to the teacher's (``feature_loss`
 to the output loss with weight :data:`FEATURE_WEIGHT`.
 
 Methods add to the loss through :class:`Hooks`: an extra loss term, a projection or mask update
-after each optimiser step, a decision at the end of each epoch. :class:`KeepBest` is such a
-hook: it scores held-out data after every epoch (accuracy with labels, else the relative L2
-error to a reference) and restores the best epoch's weights at the end.
+after each optimiser step, a decision at the end of each epoch.
+:class:`~onnxprune.training.keep_best.KeepBest` is such a hook: it scores held-out data after
+every epoch and restores the best epoch.
 
 Evaluation streams: it runs the data in batches and keeps counts, never all the outputs.
 """
@@ -40,7 +40,7 @@ from torch import nn
 from tqdm import tqdm
 
 from onnxprune.errors import TrainingError, UsageError
-from onnxprune.fidelity import Tally, input_batches, runner
+from onnxprune.fidelity import input_batches, runner
 from onnxprune.shadow import ShadowModel
 from onnxprune.shadow.module import OutputKind
 from onnxprune.training import distributed
@@ -70,6 +70,7 @@ class TrainConfig:
     cosine: bool = False  # decay the learning rate to zero along a cosine over the run
     workers: int = 0  # DataLoader worker processes reading the training batches
     checkpoints: Checkpoints | None = None  # save each training call's state; resume a run
+    amp: bool = False  # mixed precision: float16 on CUDA (loss scaled), bfloat16 on CPU
 
     def __post_init__(self) -> None:
         if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
@@ -143,25 +144,29 @@ def train(model: nn.Module, data: Dataset, config: TrainConfig, *,
     schedule = (torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, max(steps, 1))
                 if config.cosine else None)
     bar = progress(steps, "training", config.quiet, unit="batch")
+    half = torch.float16 if device.type == "cuda" else torch.bfloat16
+    scaler = torch.amp.GradScaler(device.type, enabled=config.amp and device.type == "cuda")
     history = []
     for epoch in range(config.epochs):
         total, count, start = 0.0, 0, time.perf_counter()
         for x, y in data.batches(config.batch_size, shuffle=True, seed=config.seed + epoch,
                                  workers=config.workers, shard=shard):
             x = x.to(device)
-            if y is not None:
-                loss = F.cross_entropy(_class_scores(model, x), y.to(device))
-            else:
-                assert teacher is not None
-                loss = distil(model, teacher, x, features)
-            for hook in hooks:
-                extra = hook.extra_loss(model)
-                if extra is not None:
-                    loss = loss + extra
+            with torch.autocast(device.type, dtype=half, enabled=config.amp):
+                if y is not None:
+                    loss = F.cross_entropy(_class_scores(model, x).float(), y.to(device))
+                else:
+                    assert teacher is not None
+                    loss = distil(model, teacher, x, features)
+                for hook in hooks:
+                    extra = hook.extra_loss(model)
+                    if extra is not None:
+                        loss = loss + extra
             optimiser.zero_grad(set_to_none=True)
-            loss.backward()
+            scaler.scale(loss).backward()
             distributed.average_gradients(model)
-            optimiser.step()
+            scaler.step(optimiser)
+            scaler.update()
             if schedule is not None:
                 schedule.step()
             for hook in hooks:
@@ -259,81 +264,6 @@ def _class_scores(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     if isinstance(model, ShadowModel) and model.output_kinds[0].activation in _SOFTMAXES:
         return model.tensors((x,), [model.output_kinds[0].logits])[0]
     return _tuple(model(x))[0]
-
-
-class KeepBest(Hooks):
-    """Score ``val`` after every epoch and give back the best epoch's weights.
-
-    The score is top-1 accuracy when ``val`` is labelled and there is no ``reference``
-    (higher is better), else the relative L2 error of the outputs to ``reference`` (an ONNX
-    model or a module), averaged over the outputs (lower is better). Call :meth:`start`
-    before training (epoch 0: the weights as they were), and :meth:`restore` after it.
-    """
-
-    def __init__(self, val: Dataset, reference: nn.Module | onnx.ModelProto | None = None, *,
-                 batch_size: int = 64) -> None:
-        if not val.labelled and reference is None:
-            raise UsageError("keeping the best epoch on unlabelled data needs a reference model")
-        self.val, self.reference, self.batch_size = val, reference, batch_size
-        self.metric = "accuracy" if val.labelled and reference is None else "rel_l2"
-        self.scores: list[float] = []
-        self.best_epoch = 0
-        self._best_score = math.nan
-        self._best: dict[str, torch.Tensor] | None = None
-
-    def start(self, model: nn.Module) -> None:
-        """Score the weights before training, as epoch 0."""
-        self._record(model, 0)
-
-    def end_epoch(self, model: nn.Module, epoch: int) -> None:
-        """Score epoch ``epoch + 1``; keep its weights when it is the best so far."""
-        self._record(model, epoch + 1)
-
-    def restore(self, model: nn.Module) -> None:
-        """Load the best epoch's weights into ``model``."""
-        if self._best is not None:
-            model.load_state_dict(self._best)
-
-    def state_dict(self) -> dict[str, Any]:
-        """What a checkpoint keeps of it: the scores and the best epoch's weights."""
-        return {"scores": self.scores, "best_epoch": self.best_epoch,
-                "best_score": self._best_score, "best": self._best}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Take back what :meth:`state_dict` gave."""
-        self.scores, self.best_epoch = list(state["scores"]), state["best_epoch"]
-        self._best_score, self._best = state["best_score"], state["best"]
-
-    def summary(self) -> dict[str, object]:
-        """The metric, its value per epoch (0 = before training) and the epoch kept."""
-        return {"metric": self.metric, "scores": self.scores, "best_epoch": self.best_epoch}
-
-    def _record(self, model: nn.Module, epoch: int) -> None:
-        was_training = model.training
-        model.eval()
-        score = self.score(model)
-        model.train(was_training)
-        self.scores.append(score)
-        best = self._best_score
-        better = score > best if self.metric == "accuracy" else score < best
-        if self._best is None or better:
-            self.best_epoch, self._best_score = epoch, score
-            self._best = {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-    def score(self, model: nn.Module) -> float:
-        """The metric of ``model`` on the validation data."""
-        if self.metric == "accuracy":
-            return evaluate(model, self.val)["accuracy"]
-        run, ref = runner(model), runner(self.reference)  # type: ignore[arg-type]
-        tallies: list[Tally] = []
-        for feeds in input_batches(model, self.val, batch_size=self.batch_size):
-            got, want = run(feeds), ref(feeds)
-            tallies = tallies or [Tally() for _ in want]
-            for tally, a, b in zip(tallies, got, want, strict=True):
-                tally.add(a, b)
-        errors = [t.result().get("rel_l2", math.inf) for t in tallies]
-        value = float(np.mean(errors)) if errors else math.inf
-        return value if math.isfinite(value) else math.inf
 
 
 def predict(model: nn.Module | onnx.ModelProto, data: Dataset,

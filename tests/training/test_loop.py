@@ -10,14 +10,14 @@ import pytest
 import torch
 from conftest import ROOT, normalized
 
-from onnxprune import modelio
+from onnxprune import api, modelio
 from onnxprune.errors import UsageError
 from onnxprune.shadow import ShadowModel
 from onnxprune.shadow.module import OutputKind
 from onnxprune.training import data as datasets
+from onnxprune.training.keep_best import KeepBest
 from onnxprune.training.loop import (
     Hooks,
-    KeepBest,
     TrainConfig,
     distillation_loss,
     evaluate,
@@ -234,3 +234,22 @@ def test_evaluate_streams_in_batches_and_scores_the_same() -> None:
     assert streamed["output_error"] == pytest.approx(float(np.abs(ours - logits).max()), rel=1e-5)
     assert streamed["agreement"] == pytest.approx(float(np.mean(ours.argmax(1)
                                                                  == logits.argmax(1))))
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA device"))])
+def test_mixed_precision_trains_as_well_in_float32_weights(device: str) -> None:
+    data = _digits(600)
+    train_set, val = datasets.split(data)
+    runs = {}
+    for amp in (False, True):
+        model = ShadowModel(api.normalize(ROOT / "sample_models" / "lenet5.onnx")[0])
+        train(model, train_set, TrainConfig(epochs=2, lr=0.01, quiet=True, device=device,
+                                            amp=amp))
+        assert all(p.dtype == torch.float32 for p in model.parameters())
+        runs[amp] = (evaluate(model.to("cpu"), val)["accuracy"],
+                     [p.detach().clone() for p in model.parameters()])
+    assert abs(runs[True][0] - runs[False][0]) <= 0.03
+    assert runs[True][0] >= 0.9
+    assert any(not torch.equal(a, b) for a, b in zip(runs[True][1], runs[False][1],
+                                                      strict=True))  # autocast did run

@@ -21,7 +21,7 @@ import mnist_split
 
 from onnxprune import api
 from onnxprune.errors import TrainingError
-from onnxprune.training.loop import evaluate
+from onnxprune.training.evaluation import evaluate
 
 
 def main() -> None:

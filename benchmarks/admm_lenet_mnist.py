@@ -31,7 +31,8 @@ from onnxprune import sparse
 from onnxprune.api import normalize
 from onnxprune.methods.admm import project
 from onnxprune.shadow import ShadowModel
-from onnxprune.training.loop import TrainConfig, evaluate, train
+from onnxprune.training.evaluation import evaluate
+from onnxprune.training.loop import TrainConfig, train
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -39,7 +39,7 @@ import mnist_split
 import numpy as np
 
 from onnxprune import api, metrics
-from onnxprune.training.loop import evaluate
+from onnxprune.training.evaluation import evaluate
 
 METHODS = ("corr-fold", "corr-no-fold", "corr-exp", "magnitude", "admm", "pp")
 UNROUNDED = {"lenet5"}  # layers of 6 and 16 filters: no block rounding reaches the target

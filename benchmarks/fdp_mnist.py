@@ -35,7 +35,7 @@ import onnxruntime as ort
 
 from onnxprune import api, metrics, sparse
 from onnxprune.methods.admm import stage_densities
-from onnxprune.training.loop import evaluate
+from onnxprune.training.evaluation import evaluate
 
 METHODS = ("fdp", "fdp-no-bands", "admm")
 

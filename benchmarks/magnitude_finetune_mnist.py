@@ -18,7 +18,7 @@ from pathlib import Path
 import mnist_split
 
 from onnxprune import api, metrics, modelio
-from onnxprune.training.loop import evaluate
+from onnxprune.training.evaluation import evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -46,9 +46,10 @@ from torch import nn
 
 from onnxprune import api, metrics, modelio
 from onnxprune.training.data import Dataset
+from onnxprune.training.evaluation import evaluate
 from onnxprune.training.finetune import finetune_config
 from onnxprune.training.keep_best import KeepBest
-from onnxprune.training.loop import TrainConfig, evaluate, train
+from onnxprune.training.loop import TrainConfig, train
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))

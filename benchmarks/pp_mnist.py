@@ -22,7 +22,7 @@ from typing import Any
 import mnist_split
 
 from onnxprune import api, metrics
-from onnxprune.training.loop import evaluate
+from onnxprune.training.evaluation import evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
 

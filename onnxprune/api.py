@@ -36,10 +36,10 @@ from onnxprune.shadow import ShadowModel
 from onnxprune.training import distributed, lazy
 from onnxprune.training.checkpoint import Checkpoints
 from onnxprune.training.data import Dataset
+from onnxprune.training.evaluation import evaluate as score
 from onnxprune.training.features import group_features
 from onnxprune.training.finetune import finetune
 from onnxprune.training.loop import TrainConfig
-from onnxprune.training.loop import evaluate as score
 from onnxprune.training.prepare import DataOptions, prepare
 
 QUANTIZED_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear",
@@ -289,12 +289,15 @@ def inspect(model: modelio.ModelLike, *,
 @_naming_the_model
 def evaluate(model: modelio.ModelLike, data: Any, *, reference: modelio.ModelLike | None = None,
              val_data: Any = None, input_size: tuple[int, int] | None = None,
-             mean: list[float] | None = None, std: list[float] | None = None) -> dict[str, Any]:
+             mean: list[float] | None = None, std: list[float] | None = None,
+             provider: str = "CPUExecutionProvider") -> dict[str, Any]:
     """Score ``model`` in onnxruntime on all of ``data`` (``val_data`` is not split off).
 
     Accuracy (top-1, and top-5 over more than 5 classes) with labels; with ``reference``, or
-    on unlabelled data, agreement with the reference (top-1 match and output error).
+    on unlabelled data, agreement with the reference (top-1 match and output error). Both
+    run on onnxruntime's ``provider``.
     """
+    _check_provider(provider)
     loaded = modelio.load(model)
     ref = modelio.load(reference) if reference is not None else None
     options = DataOptions(val_data=data if val_data is None else val_data,
@@ -304,7 +307,7 @@ def evaluate(model: modelio.ModelLike, data: Any, *, reference: modelio.ModelLik
         raise UsageError(f"{source_name(data)}: the data has no labels; give --reference to "
                          "measure agreement with another model")
     return {"model": source_name(model), "samples": len(val),
-            **score(loaded, val, reference=ref)}
+            **score(loaded, val, reference=ref, provider=provider)}
 
 
 def bench(models: Sequence[str | os.PathLike], *, batch: int = 1, runs: int = 50,
@@ -315,8 +318,7 @@ def bench(models: Sequence[str | os.PathLike], *, batch: int = 1, runs: int = 50
     Models with symbolic input sizes run at ``input_size``; without it they are refused,
     naming the file.
     """
-    if provider not in metrics.available_providers():
-        raise UsageError(f"onnxruntime on this machine has no {provider}")
+    _check_provider(provider)
     loaded = []
     for path in models:
         model = modelio.load(path)
@@ -334,3 +336,11 @@ def bench(models: Sequence[str | os.PathLike], *, batch: int = 1, runs: int = 50
         loaded.append(model)
     return metrics.latency(loaded, batch=batch, runs=runs, warmup=warmup, threads=threads,
                            provider=provider)
+
+
+def _check_provider(provider: str) -> None:
+    """Refuse an onnxruntime execution provider this machine lacks, saying what it has."""
+    if provider not in metrics.available_providers():
+        raise UsageError(f"onnxruntime on this machine has no {provider} (it has "
+                         f"{', '.join(metrics.available_providers())}); for CUDA install "
+                         "onnxruntime-gpu on a machine with an NVIDIA GPU")

@@ -94,6 +94,11 @@ def _round_options(command: Any) -> Any:
     return command
 
 
+_PROVIDER = click.option(
+    "--provider", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+    callback=lambda _ctx, _param, value: {"cpu": "CPUExecutionProvider",
+                                          "cuda": "CUDAExecutionProvider"}[value],
+    help="onnxruntime's execution provider (cuda: needs onnxruntime-gpu and a GPU).")
 _INPUT_SIZE = click.option(
     "--input-size", help="The size the model runs at, HxW, e.g. 320x320: a model with symbolic "
                          "H and W is analysed and measured at it (default: the size of the "
@@ -211,8 +216,8 @@ def _parsed(options: dict[str, Any]) -> dict[str, Any]:
               help="DataLoader processes reading the training batches (default: up to 4, a "
                    "core left to train, for an image folder or a mapped .npz; 0 otherwise).")
 @click.option("--checkpoint-dir", type=click.Path(path_type=Path),
-              help="Keep the state each training call leaves (an epoch block: an ADMM "
-                   "iteration, a pp or corr round, the fine-tuning) in this folder.")
+              help="Keep training's state after every epoch in this folder (written "
+                   "atomically; a kill loses at most the epoch it interrupts).")
 @click.option("--resume", is_flag=True,
               help="Continue the run whose checkpoints --checkpoint-dir holds; it ends as the "
                    "uninterrupted run would (same model, data, options and seed).")
@@ -285,11 +290,13 @@ def inspect_command(model: Path, as_json: bool, input_size: str | None) -> None:
 @click.option("--reference", type=click.Path(path_type=Path),
               help="Report agreement with this model instead of accuracy.")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
-def eval_command(model: Path, reference: Path | None, as_json: bool, **options: Any) -> None:
+@_PROVIDER
+def eval_command(model: Path, reference: Path | None, as_json: bool, provider: str,
+                 **options: Any) -> None:
     """Accuracy of MODEL on --data in onnxruntime (top-1, top-5), or agreement with --reference."""
     if options["data"] is None:
         raise UsageError(f"{model}: eval needs --data")
-    scores = api.evaluate(model, reference=reference, **_parsed(options))
+    scores = api.evaluate(model, reference=reference, provider=provider, **_parsed(options))
     if as_json:
         click.echo(report.to_json(scores), nl=False)
         return
@@ -304,21 +311,19 @@ def eval_command(model: Path, reference: Path | None, as_json: bool, **options: 
 @click.option("--batch", default=1, show_default=True, type=click.IntRange(min=1))
 @click.option("--threads", default=1, show_default=True, type=click.IntRange(min=0),
               help="onnxruntime intra-op threads (0: all cores).")
-@click.option("--provider", type=click.Choice(["cpu", "cuda"]), default="cpu",
-              show_default=True)
+@_PROVIDER
 @_INPUT_SIZE
 def bench_command(models: tuple[Path, ...], runs: int, warmup: int, batch: int, threads: int,
                   provider: str, input_size: str | None) -> None:
     """Time MODELS in onnxruntime (median and p90); speedup is against the first."""
-    name = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}[provider]
     timings = api.bench(models, batch=batch, runs=runs, warmup=warmup, threads=threads,
-                        provider=name,
+                        provider=provider,
                         input_size=_parsed({"input_size": input_size})["input_size"])
     base = timings[0].median_ms
     rows = [(str(m), f"{t.median_ms:.3f}", f"{t.p90_ms:.3f}", f"{base / t.median_ms:.2f}x")
             for m, t in zip(models, timings, strict=True)]
     click.echo(_table(("model", "median ms", "p90 ms", "speedup"), rows))
-    click.echo(f"({runs} runs, batch {batch}, {threads or 'all'} thread(s), {name})")
+    click.echo(f"({runs} runs, batch {batch}, {threads or 'all'} thread(s), {provider})")
 
 
 def _number(value: int | None) -> str:

@@ -127,15 +127,15 @@ def input_batches(model: Model, val: Dataset | None, *, batch_size: int = 64,
         yield list(modelio.random_inputs(model, batch=batch, seed=seed + k).values())
 
 
-def runner(model: Model) -> Runner:
+def runner(model: Model, provider: str = "CPUExecutionProvider") -> Runner:
     """A function from positional input arrays to ``model``'s outputs as numpy arrays.
 
-    An ONNX model runs in onnxruntime (with its graph optimisations, as a user runs it); a
-    torch module runs without gradients on the device of its parameters, in whatever mode
-    (train or eval) it is in.
+    An ONNX model runs in onnxruntime on ``provider`` (with its graph optimisations, as a
+    user runs it); a torch module runs without gradients on the device of its parameters, in
+    whatever mode (train or eval) it is in.
     """
     if isinstance(model, onnx.ModelProto):
-        session = modelio.session(model, optimize=True)
+        session = modelio.session(model, optimize=True, providers=[provider])
         inputs = [i.name for i in session.get_inputs()]
 
         def run_onnx(feeds: Sequence[np.ndarray]) -> list[np.ndarray]:

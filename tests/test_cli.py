@@ -197,3 +197,27 @@ def test_version_is_the_installed_distribution() -> None:
                           check=False)
     assert proc.returncode == 0
     assert importlib.metadata.version("onnxprune") in proc.stdout
+
+
+@pytest.mark.parametrize("command", ["eval", "bench"])
+def test_a_provider_onnxruntime_lacks_is_refused_in_one_line(tmp_path: Path,
+                                                             command: str) -> None:
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("onnxruntime here has the CUDA provider")
+    data = ("--data", SAMPLE_DIR / "digits.npz") if command == "eval" else ()
+    proc = cli(command, SAMPLE_DIR / "lenet5.onnx", *data, "--provider", "cuda", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert "no CUDAExecutionProvider" in proc.stderr and "onnxruntime-gpu" in proc.stderr
+
+
+@pytest.mark.skipif("CUDAExecutionProvider" not in ort.get_available_providers(),
+                    reason="onnxruntime here has no CUDA provider")
+def test_eval_on_the_cuda_provider_scores_as_on_the_cpu(tmp_path: Path) -> None:
+    scores = {}
+    for provider in ("cpu", "cuda"):
+        proc = cli("eval", SAMPLE_DIR / "lenet5.onnx", "--data", SAMPLE_DIR / "digits.npz",
+                   "--provider", provider, "--json", cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        scores[provider] = json.loads(proc.stdout)
+    assert abs(scores["cuda"]["accuracy"] - scores["cpu"]["accuracy"]) <= 1 / 1797

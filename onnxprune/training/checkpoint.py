@@ -3,14 +3,15 @@
 Every method trains through :func:`onnxprune.training.loop.train`, and everything else a
 method does (pruning decisions, projections, scores) is a deterministic function of the
 weights training leaves (CPU runs repeat exactly with the same seed). So the state to keep is
-what each training call leaves: after call ``k`` the model's state (weights, masks, inserted
-BatchNorms, parametrizations), the hooks' state (the best epoch kept, fdp's masks schedule),
-torch's RNG and the losses go to ``train-{k}.pt`` in the folder, written atomically. A resumed
-run (``--resume``) repeats the method from the start; each training call that has a
-checkpoint loads it instead of training, after checking that the model it starts from is the
-one the checkpoint started from, so the run goes on exactly where it stopped and ends with the
-uninterrupted run's model. A run killed at any moment loses at most the training call it was
-in (an epoch block: an ADMM iteration, a pp or corr round, the final fine-tuning).
+training's: after every epoch of training call ``k``, the state of each part of it (the
+model's weights, masks, inserted BatchNorms and parametrizations; the optimiser's momentum,
+the learning-rate schedule, the loss scaler; the hooks': the best epoch kept, fdp's masks
+schedule), torch's RNG and the losses so far go to ``train-{k}.pt`` in the folder, written
+atomically. A resumed run (``--resume``) repeats the method from the start; a training call
+with a checkpoint loads it instead of training the epochs it holds, after checking that the
+model it starts from is the one the checkpoint started from, and trains the epochs left, so
+the run goes on exactly where it stopped and ends with the uninterrupted run's model. A run
+killed at any moment loses at most the epoch it was in.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ import torch
 from torch import nn
 
 from onnxprune.errors import UsageError
+from onnxprune.training import distributed
 
 PATTERN = "train-*.pt"
 
@@ -36,6 +38,8 @@ class Checkpoints:
     def __init__(self, folder: str | os.PathLike, *, resume: bool = False) -> None:
         self.folder, self.resume = Path(folder), resume
         self.calls = self.restored = 0
+        if not distributed.writes():
+            return  # rank 0 checks and writes the folder, which other machines may not see
         if self.folder.exists() and not self.folder.is_dir():
             raise UsageError(f"{self.folder}: --checkpoint-dir must be a folder")
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -46,39 +50,43 @@ class Checkpoints:
         if resume and not held:
             raise UsageError(f"{self.folder}: --resume found no checkpoint to continue from")
 
-    def restore(self, model: nn.Module, hooks: Sequence[Any],
-                entry: str) -> list[float] | None:
-        """The next training call's losses, its state loaded into ``model`` and ``hooks``.
+    def restore(self, parts: Mapping[str, Any], entry: str) -> list[float] | None:
+        """The losses of the epochs the next training call has done, its state loaded.
 
-        ``entry`` is the :func:`fingerprint` of the model the call starts from. None when the
-        call has no checkpoint (it trains, and so do all after it).
+        ``parts`` name what holds training state (each with ``state_dict`` and
+        ``load_state_dict``; None for a part the call does not use); ``entry`` is the
+        :func:`fingerprint` of the model the call starts from. None when the call has no
+        checkpoint (it trains, and so do all after it). Rank 0 reads the file; the other
+        processes of a torchrun get what it read.
         """
         self.calls += 1
         path = self._path(self.calls)
-        if not self.resume or not path.exists():
+        if not self.resume:
+            return None
+        state = distributed.from_rank_0(
+            lambda: torch.load(path, map_location="cpu", weights_only=False)
+            if path.exists() else None)
+        if state is None:
             self.resume = False
             return None
-        state = torch.load(path, map_location=next(model.parameters()).device,
-                           weights_only=False)
         if state["start"] != entry:
             raise UsageError(f"{path}: does not continue this run (the model differs at "
                              f"training call {self.calls}); resume with the same model, data "
                              "and options, or start again in an empty --checkpoint-dir")
-        model.load_state_dict(state["model"])
-        for hook, saved in zip(hooks, state["hooks"], strict=True):
-            if saved is not None:
-                hook.load_state_dict(saved)
+        for name, part in parts.items():
+            if state["parts"].get(name) is not None and part is not None:
+                part.load_state_dict(state["parts"][name])
         torch.set_rng_state(state["rng"])
         self.restored += 1
         return state["history"]
 
-    def save(self, model: nn.Module, hooks: Sequence[Any], history: list[float],
-             start: str) -> None:
-        """Write the state the current training call leaves, atomically."""
-        state = {"start": start, "model": model.state_dict(), "history": history,
-                 "hooks": [hook.state_dict() if hasattr(hook, "state_dict") else None
-                           for hook in hooks],
-                 "rng": torch.get_rng_state()}
+    def save(self, parts: Mapping[str, Any], history: list[float], start: str) -> None:
+        """Write the state the current training call has reached, atomically (rank 0 only)."""
+        if not distributed.writes():
+            return
+        state = {"start": start, "history": history, "rng": torch.get_rng_state(),
+                 "parts": {name: part.state_dict() for name, part in parts.items()
+                           if part is not None and hasattr(part, "state_dict")}}
         handle, temporary = tempfile.mkstemp(dir=self.folder, suffix=".part")
         try:
             with os.fdopen(handle, "wb") as f:

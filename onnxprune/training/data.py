@@ -99,19 +99,23 @@ class Dataset:
         With ``shuffle`` the order is a permutation drawn from ``seed``, so runs repeat;
         ``drop_last`` leaves out a last batch smaller than ``batch_size``. ``workers`` > 0
         reads the batches in that many DataLoader worker processes (decoding images while
-        the model trains), in the same order. ``shard`` ``(rank, size)`` keeps batches
-        ``rank``, ``rank + size``, ... of as many as every rank can have alike (the others of
-        the epoch's last round are left out), for training in several processes.
+        the model trains), in the same order. ``shard`` ``(rank, size)`` keeps the share of the
+        samples a ``DistributedSampler`` gives process ``rank`` of ``size`` (as many for
+        every process: the last ``len % size`` of the order are left out), shuffled by
+        ``seed`` alike in every process, for training in several processes.
         """
         if batch_size < 1:
             raise UsageError(f"batch size must be at least 1, got {batch_size}")
-        n = len(self)
-        order = np.random.default_rng(seed).permutation(n) if shuffle else np.arange(n)
-        stop = n - n % batch_size if drop_last else n
-        chunks = [order[start:start + batch_size] for start in range(0, stop, batch_size)]
         rank, size = shard
         if size > 1:
-            chunks = chunks[:len(chunks) - len(chunks) % size][rank::size]
+            order = np.fromiter(torch.utils.data.DistributedSampler(
+                range(len(self)), size, rank, shuffle=shuffle, seed=seed, drop_last=True),
+                np.int64)
+        else:
+            order = (np.random.default_rng(seed).permutation(len(self)) if shuffle
+                     else np.arange(len(self)))
+        stop = len(order) - len(order) % batch_size if drop_last else len(order)
+        chunks = [order[start:start + batch_size] for start in range(0, stop, batch_size)]
         if workers > 0:
             return iter(torch.utils.data.DataLoader(self, batch_size=None, sampler=chunks,
                                                     num_workers=workers))
@@ -119,7 +123,7 @@ class Dataset:
 
     def batch_count(self, batch_size: int, shard: tuple[int, int] = (0, 1)) -> int:
         """How many batches :meth:`batches` gives each of ``shard[1]`` processes."""
-        return -(-len(self) // batch_size) // shard[1]
+        return -(-(len(self) // shard[1]) // batch_size)
 
     def __getitem__(self, index: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The batch at positions ``index``, as ``(x, y)`` tensors."""

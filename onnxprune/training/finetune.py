@@ -21,9 +21,10 @@ import torch
 
 from onnxprune.shadow import ShadowModel
 from onnxprune.training import data as datasets
+from onnxprune.training.evaluation import evaluate
 from onnxprune.training.features import Feature
 from onnxprune.training.keep_best import KeepBest
-from onnxprune.training.loop import TrainConfig, evaluate, train
+from onnxprune.training.loop import TrainConfig, train
 
 CALIBRATION_SAMPLES = 256  # inputs that calibrate the inserted BatchNorms, a batch at a time
 

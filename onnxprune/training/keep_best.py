@@ -12,8 +12,10 @@ from torch import nn
 
 from onnxprune.errors import UsageError
 from onnxprune.fidelity import Tally, input_batches, runner
+from onnxprune.training import distributed
 from onnxprune.training.data import Dataset
-from onnxprune.training.loop import Hooks, evaluate
+from onnxprune.training.evaluation import evaluate
+from onnxprune.training.loop import Hooks
 
 
 class KeepBest(Hooks):
@@ -81,11 +83,17 @@ class KeepBest(Hooks):
             return evaluate(model, self.val)["accuracy"]
         run, ref = runner(model), runner(self.reference)  # type: ignore[arg-type]
         tallies: list[Tally] = []
-        for feeds in input_batches(model, self.val, batch_size=self.batch_size):
+        for feeds in input_batches(model, distributed.share(self.val),
+                                   batch_size=self.batch_size):
             got, want = run(feeds), ref(feeds)
             tallies = tallies or [Tally() for _ in want]
             for tally, a, b in zip(tallies, got, want, strict=True):
                 tally.add(a, b)
+        tallies += [Tally() for _ in range(int(distributed.maximum(len(tallies))) - len(tallies))]
+        for tally in tallies:  # the sums over every process's share
+            samples, tally.diff_sq, tally.ref_sq = distributed.total(
+                tally.samples, tally.diff_sq, tally.ref_sq)
+            tally.samples = int(samples)
         errors = [t.result().get("rel_l2", math.inf) for t in tallies]
         value = float(np.mean(errors)) if errors else math.inf
         return value if math.isfinite(value) else math.inf

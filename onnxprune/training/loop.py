@@ -20,7 +20,7 @@ after each optimiser step, a decision at the end of each epoch.
 :class:`~onnxprune.training.keep_best.KeepBest` is such a hook: it scores held-out data after
 every epoch and restores the best epoch.
 
-Evaluation streams: it runs the data in batches and keeps counts, never all the outputs.
+Scoring lives in :mod:`onnxprune.training.evaluation`.
 """
 
 from __future__ import annotations
@@ -28,19 +28,16 @@ from __future__ import annotations
 import math
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-import onnx
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
 from onnxprune.errors import TrainingError, UsageError
-from onnxprune.fidelity import input_batches, runner
 from onnxprune.shadow import ShadowModel
 from onnxprune.shadow.module import OutputKind
 from onnxprune.training import distributed
@@ -129,13 +126,6 @@ def train(model: nn.Module, data: Dataset, config: TrainConfig, *,
     model.to(device).train()
     if teacher is not None:
         teacher.to(device).eval()
-    checkpoints, entry = config.checkpoints, ""
-    if checkpoints is not None:
-        entry = fingerprint(model)
-        restored = checkpoints.restore(model, hooks, entry)
-        if restored is not None:
-            model.eval()
-            return restored
     params = [p for p in model.parameters() if p.requires_grad]
     optimiser = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
                                 weight_decay=config.weight_decay)
@@ -143,28 +133,25 @@ def train(model: nn.Module, data: Dataset, config: TrainConfig, *,
     steps = config.epochs * data.batch_count(config.batch_size, shard)
     schedule = (torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, max(steps, 1))
                 if config.cosine else None)
-    bar = progress(steps, "training", config.quiet, unit="batch")
-    half = torch.float16 if device.type == "cuda" else torch.bfloat16
     scaler = torch.amp.GradScaler(device.type, enabled=config.amp and device.type == "cuda")
-    history = []
-    for epoch in range(config.epochs):
+    parts = {"model": model, "optimiser": optimiser, "schedule": schedule, "scaler": scaler,
+             **{f"hook{i}": hook for i, hook in enumerate(hooks)}}
+    checkpoints, entry, history = config.checkpoints, "", []
+    if checkpoints is not None:
+        entry = fingerprint(model)
+        history = checkpoints.restore(parts, entry) or []
+    step = distributed.parallel(_Objective(model, teacher, hooks, features))
+    half = torch.float16 if device.type == "cuda" else torch.bfloat16
+    bar = progress(steps, "training", config.quiet, unit="batch")
+    bar.update(len(history) * data.batch_count(config.batch_size, shard))
+    for epoch in range(len(history), config.epochs):
         total, count, start = 0.0, 0, time.perf_counter()
         for x, y in data.batches(config.batch_size, shuffle=True, seed=config.seed + epoch,
                                  workers=config.workers, shard=shard):
-            x = x.to(device)
             with torch.autocast(device.type, dtype=half, enabled=config.amp):
-                if y is not None:
-                    loss = F.cross_entropy(_class_scores(model, x).float(), y.to(device))
-                else:
-                    assert teacher is not None
-                    loss = distil(model, teacher, x, features)
-                for hook in hooks:
-                    extra = hook.extra_loss(model)
-                    if extra is not None:
-                        loss = loss + extra
+                loss = step(x.to(device), None if y is None else y.to(device))
             optimiser.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
-            distributed.average_gradients(model)
             scaler.step(optimiser)
             scaler.update()
             if schedule is not None:
@@ -184,11 +171,42 @@ def train(model: nn.Module, data: Dataset, config: TrainConfig, *,
                                 f"{epoch + 1}; try a lower --lr (it is {config.lr})")
         for hook in hooks:
             hook.end_epoch(model, epoch)
+        if checkpoints is not None:
+            checkpoints.save(parts, history, entry)
+    if checkpoints is not None and config.epochs == 0:
+        checkpoints.save(parts, history, entry)
     bar.close()
     model.eval()
-    if checkpoints is not None and distributed.writes():
-        checkpoints.save(model, hooks, history, entry)
     return history
+
+
+class _Objective(nn.Module):
+    """The training loss of ``model`` on a batch, as a module DistributedDataParallel can wrap.
+
+    The loss is cross-entropy with labels, distillation from ``teacher`` without, plus each
+    hook's extra term, all computed in ``forward`` so that the gradient averaging sees every
+    weight the loss reads. The teacher, hooks and features are held outside the module's
+    registry: they are not trained.
+    """
+
+    def __init__(self, model: nn.Module, teacher: nn.Module | None, hooks: Sequence[Hooks],
+                 features: Sequence[Feature]) -> None:
+        super().__init__()
+        self.model = model
+        self.rest = (teacher, tuple(hooks), tuple(features))
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        teacher, hooks, features = self.rest
+        if y is not None:
+            loss = F.cross_entropy(_class_scores(self.model, x).float(), y)
+        else:
+            assert teacher is not None
+            loss = distil(self.model, teacher, x, features)
+        for hook in hooks:
+            extra = hook.extra_loss(self.model)
+            if extra is not None:
+                loss = loss + extra
+        return loss
 
 
 def progress(total: int, desc: str, quiet: bool, unit: str = "it") -> tqdm:
@@ -264,66 +282,6 @@ def _class_scores(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     if isinstance(model, ShadowModel) and model.output_kinds[0].activation in _SOFTMAXES:
         return model.tensors((x,), [model.output_kinds[0].logits])[0]
     return _tuple(model(x))[0]
-
-
-def predict(model: nn.Module | onnx.ModelProto, data: Dataset,
-            batch_size: int = 256) -> np.ndarray:
-    """First output of ``model`` (a shadow or an ONNX model run in onnxruntime) on ``data``.
-
-    It holds every output at once; :func:`evaluate` streams instead.
-    """
-    return np.concatenate(list(_first_outputs(model, data, batch_size)))
-
-
-def evaluate(model: nn.Module | onnx.ModelProto, data: Dataset, *,
-             reference: nn.Module | onnx.ModelProto | None = None,
-             batch_size: int = 256) -> dict[str, float]:
-    """Score ``model`` on ``data``, one batch in memory at a time.
-
-    Labelled data and no reference: top-1 accuracy (and top-5 over more than 5 classes).
-    Otherwise agreement with ``reference``: top-1 match and the max abs output difference.
-    """
-    if data.labelled and reference is None:
-        return _accuracy(_first_outputs(model, data, batch_size), data)
-    if reference is None:
-        raise UsageError("unlabelled data: give a reference model to compare with")
-    agreed, error, seen, classifier = 0, 0.0, 0, False
-    for out, ref in zip(_first_outputs(model, data, batch_size),
-                        _first_outputs(reference, data, batch_size), strict=True):
-        if out.ndim == 2 and out.shape[1] > 1:
-            classifier = True
-            agreed += int((out.argmax(1) == ref.argmax(1)).sum())
-        error = max(error, float(np.abs(out - ref).max()) if out.size else 0.0)
-        seen += len(out)
-    result = {"agreement": agreed / max(seen, 1)} if classifier else {}
-    return {**result, "output_error": error}
-
-
-def _accuracy(outputs: Iterator[np.ndarray], data: Dataset) -> dict[str, float]:
-    """Top-1 (and top-5 over more than 5 classes) accuracy of batched class scores."""
-    assert data.y is not None
-    top1 = top5 = seen = 0
-    classes = 0
-    for out in outputs:
-        y = data.y[seen:seen + len(out)]
-        classes = out.shape[1]
-        top1 += int((out.argmax(1) == y).sum())
-        top5 += int((np.argsort(-out, axis=1)[:, :5] == y[:, None]).any(1).sum())
-        seen += len(out)
-    result = {"accuracy": top1 / max(seen, 1)}
-    if classes > 5:
-        result["top5"] = top5 / max(seen, 1)
-    return result
-
-
-def _first_outputs(model: nn.Module | onnx.ModelProto, data: Dataset,
-                   batch_size: int) -> Iterator[np.ndarray]:
-    """The first output of ``model`` on ``data``, batch by batch, in order (eval mode)."""
-    if isinstance(model, nn.Module):
-        model.eval()
-    run = runner(model)
-    for feeds in input_batches(model, data, batch_size=batch_size):
-        yield run(feeds)[0]
 
 
 def _tuple(output: torch.Tensor | tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:

@@ -8,10 +8,16 @@ from pathlib import Path
 import numpy as np
 import onnx.numpy_helper
 import pytest
-from conftest import ROOT
+import torch
+from conftest import ROOT, normalized
 
 import onnxprune
 from onnxprune.errors import UsageError
+from onnxprune.shadow import ShadowModel
+from onnxprune.training.checkpoint import Checkpoints
+from onnxprune.training.data import Dataset
+from onnxprune.training.keep_best import KeepBest
+from onnxprune.training.loop import Hooks, TrainConfig, train
 
 LENET = ROOT / "sample_models" / "lenet5.onnx"
 DIGITS = ROOT / "sample_models" / "digits.npz"
@@ -63,3 +69,47 @@ def test_checkpoints_refuse_what_would_mix_runs(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="does not continue this run"):
         onnxprune.prune(LENET, "admm", checkpoint_dir=tmp_path / "a", resume=True, seed=1,
                         **{**options, "data": _digits(200)})
+
+
+class _Stop(Hooks):
+    """Interrupts training at step ``at`` (counted over the call), as a kill would."""
+
+    def __init__(self, at: int) -> None:
+        self.at, self.steps = at, 0
+
+    def after_step(self, model: torch.nn.Module) -> None:
+        self.steps += 1
+        if self.steps == self.at:
+            raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize(("cosine", "stop"), [(False, 5), (True, 9), (True, 14)])
+def test_a_call_killed_mid_epoch_loses_only_that_epoch_and_resumes_exactly(
+        tmp_path: Path, cosine: bool, stop: int) -> None:
+    x, y = _digits(256)
+    data = Dataset(x, y)
+    config = dict(epochs=4, lr=0.02, batch_size=64, quiet=True, cosine=cosine)  # 4 steps/epoch
+    whole = ShadowModel(normalized(LENET))
+    keep = KeepBest(data.subset(np.arange(64)))
+    keep.start(whole)
+    want = train(whole, data, TrainConfig(**config), hooks=[keep])
+
+    killed = ShadowModel(normalized(LENET))
+    keep = KeepBest(data.subset(np.arange(64)))
+    keep.start(killed)
+    with pytest.raises(KeyboardInterrupt):
+        train(killed, data, TrainConfig(**config, checkpoints=Checkpoints(tmp_path)),
+              hooks=[keep, _Stop(stop)])
+    saved = torch.load(tmp_path / "train-0001.pt", weights_only=False)
+    assert len(saved["history"]) == (stop - 1) // 4  # every finished epoch is kept
+
+    resumed = ShadowModel(normalized(LENET))
+    keep = KeepBest(data.subset(np.arange(64)))
+    keep.start(resumed)
+    got = train(resumed, data, TrainConfig(
+        **config, checkpoints=Checkpoints(tmp_path, resume=True)), hooks=[keep, _Stop(0)])
+    assert got == want
+    keep.restore(resumed)
+    keep.restore(whole)  # the restored hook state picks the same best epoch
+    for name, value in whole.state_dict().items():
+        torch.testing.assert_close(resumed.state_dict()[name], value, rtol=0, atol=0)

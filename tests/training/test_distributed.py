@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx.numpy_helper
 import pytest
 from conftest import ROOT
 
@@ -79,3 +82,48 @@ def test_the_cli_under_torchrun_writes_once_and_reports_the_world_size(tmp_path:
     assert json.loads((tmp_path / "r.json").read_text())["world_size"] == 2
     assert done.stdout.count("FLOPs") == 1  # one summary, from rank 0
     modelio.session(modelio.load(tmp_path / "small.onnx"))
+
+
+def _two_machines(tmp_path: Path, run: str, *options: str) -> list[subprocess.Popen[str]]:
+    """Two torchrun 'machines' of one process each, meeting at a static rendezvous.
+
+    Each has its own checkpoint folder, as machines without a shared disk would.
+    """
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return [subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
+         "--node-rank", str(node), "--master-addr", "127.0.0.1", "--master-port", str(port),
+         "-m", "onnxprune", str(LENET), "--method", "pp", "--data", str(tmp_path / "d.npz"),
+         "--max-flops", "0.6", "--rounds", "2", "--round-to", "1", "--tolerance", "100",
+         "--epochs", "1", "--quiet",
+         "--checkpoint-dir", str(tmp_path / f"{run}-disk{node}"), "--out",
+         str(tmp_path / f"{run}.onnx"), "--report", str(tmp_path / f"{run}.json"), *options],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}) for node in (0, 1)]
+
+
+def _finish(processes: list[subprocess.Popen[str]]) -> None:
+    for process in processes:
+        _, err = process.communicate(timeout=600)
+        assert process.returncode == 0, err[-3000:]
+
+
+def test_two_machines_resume_from_the_checkpoints_rank_0_kept(tmp_path: Path) -> None:
+    d = np.load(DIGITS)
+    np.savez(tmp_path / "d.npz", x=d["x"][:256], y=d["y"][:256])
+    _finish(_two_machines(tmp_path, "whole"))
+    assert not (tmp_path / "whole-disk1").exists()  # only rank 0 writes
+    held = sorted((tmp_path / "whole-disk0").glob("train-*.pt"))
+    assert len(held) == json.loads((tmp_path / "whole.json").read_text())[
+        "checkpoints"]["training_calls"] >= 2
+    (tmp_path / "again-disk0").mkdir()  # stopped after the first training call
+    shutil.copy(held[0], tmp_path / "again-disk0")
+    _finish(_two_machines(tmp_path, "again", "--resume"))
+    report = json.loads((tmp_path / "again.json").read_text())
+    assert report["checkpoints"]["restored"] == 1 and report["world_size"] == 2
+    want, got = (modelio.load(tmp_path / f"{run}.onnx") for run in ("whole", "again"))
+    for a, b in zip(want.graph.initializer, got.graph.initializer, strict=True):
+        np.testing.assert_array_equal(onnx.numpy_helper.to_array(a),
+                                      onnx.numpy_helper.to_array(b), err_msg=a.name)

@@ -16,8 +16,9 @@ from conftest import ROOT, normalized
 import onnxprune
 from onnxprune import modelio
 from onnxprune.training import data as datasets
+from onnxprune.training.evaluation import evaluate
 from onnxprune.training.finetune import finetune
-from onnxprune.training.loop import TrainConfig, evaluate
+from onnxprune.training.loop import TrainConfig
 from onnxprune.training.prepare import SYNTHETIC_WARNING
 
 DIGITS = ROOT / "sample_models" / "digits.npz"

@@ -15,14 +15,9 @@ from onnxprune.errors import UsageError
 from onnxprune.shadow import ShadowModel
 from onnxprune.shadow.module import OutputKind
 from onnxprune.training import data as datasets
+from onnxprune.training.evaluation import evaluate
 from onnxprune.training.keep_best import KeepBest
-from onnxprune.training.loop import (
-    Hooks,
-    TrainConfig,
-    distillation_loss,
-    evaluate,
-    train,
-)
+from onnxprune.training.loop import Hooks, TrainConfig, distillation_loss, train
 
 DIGITS = ROOT / "sample_models" / "digits.npz"
 

@@ -8,7 +8,8 @@ validation split, a calibration draw) is a list of positions, not a copy.
 Sources: :func:`npz_member` maps an uncompressed ``.npz`` member (``np.savez``) straight from
 the file (``np.load`` cannot: it reads members whole); :class:`Images` decodes image files;
 :class:`Indexed` selects rows of another array; :class:`Mapped` applies a row-wise function
-(the cast to the model's dtype, ``--mean`` / ``--std``) as rows are read.
+(the cast to the model's dtype, ``--mean`` / ``--std``) as rows are read;
+:class:`~onnxprune.training.torch_data.Items` reads the items of a map-style dataset.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Reading data sources into numpy arrays.
+"""Reading data sources into arrays, held in memory or read on demand.
 
 .npz files, image folders, ``module:function``, Python objects and batches;
 :mod:`onnxprune.training.data` checks and normalises what they give.
@@ -12,7 +12,6 @@ import os
 import zipfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -20,13 +19,14 @@ from PIL import Image
 
 from onnxprune.errors import UsageError
 from onnxprune.limits import check_tensor
-from onnxprune.training.lazy import IMAGE_MODES, Images, npz_member
+from onnxprune.training.lazy import IMAGE_MODES, Images, Lazy, npz_member
+from onnxprune.training.torch_data import map_style, read_dataset, spool, to_numpy
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 __all__ = ["IMAGE_EXTENSIONS", "IMAGE_MODES", "read_images", "read_npz", "read_path"]
 
 
-def read_path(source: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | None]:
+def read_path(source: str | os.PathLike) -> tuple[np.ndarray | Lazy, np.ndarray | None]:
     """Arrays from a ``.npz`` file or a ``module:function`` string."""
     path = Path(source)
     if path.is_file():
@@ -124,44 +124,23 @@ def call_function(text: str) -> object:
     return function()
 
 
-def read_object(source: object, where: str) -> tuple[np.ndarray, np.ndarray | None]:
-    """Arrays from a Python object: (x, y), an array, or an iterable of batches."""
+def read_object(source: object, where: str) -> tuple[np.ndarray | Lazy, np.ndarray | None]:
+    """Arrays from a Python object: (x, y), an array, a dataset or an iterable of batches.
+
+    ``(x, y)`` and arrays are used as they are. A map-style dataset, or a DataLoader over one
+    (its sampler's choice of items kept, its batching and shuffling left to training), reads
+    its items as batches need them; any other iterable of batches (a generator, a DataLoader
+    over an ``IterableDataset``) is read once into a temporary file that is then mapped
+    (:mod:`onnxprune.training.torch_data`). Memory does not grow with the data set.
+    """
     if isinstance(source, tuple) and len(source) == 2:
         return to_numpy(source[0]), None if source[1] is None else to_numpy(source[1])
     if isinstance(source, np.ndarray | torch.Tensor):
         return to_numpy(source), None
+    found = map_style(source)
+    if found is not None:
+        return read_dataset(*found, where)
     if isinstance(source, Iterable) and not isinstance(source, str | bytes | Mapping):
-        return concat_batches(source, where)
+        return spool(source, where)
     raise UsageError(f"cannot load data from {where}; give a .npz file, an image folder, "
-                     "module:function, arrays, a DataLoader or an iterable of batches")
-
-
-def concat_batches(batches: Iterable, where: str) -> tuple[np.ndarray, np.ndarray | None]:
-    """Concatenate ``(x, y)``, ``[x]`` or ``x`` batches; all labelled or all unlabelled."""
-    xs, ys = [], []
-    for i, batch in enumerate(batches):
-        if isinstance(batch, tuple | list) and len(batch) in (1, 2):
-            x, y = batch[0], batch[1] if len(batch) == 2 else None
-        elif isinstance(batch, np.ndarray | torch.Tensor):
-            x, y = batch, None
-        else:
-            raise UsageError(f"{where}: batch {i} is a {type(batch).__name__}; batches must be "
-                             "(x, y) or x, as numpy arrays or torch tensors")
-        xs.append(to_numpy(x))
-        ys.append(None if y is None else to_numpy(y))
-    if not xs:
-        raise UsageError(f"{where}: gave no batches")
-    if len({y is None for y in ys}) > 1:
-        raise UsageError(f"{where}: some batches have labels y and some do not")
-    try:
-        return np.concatenate(xs), None if ys[0] is None else np.concatenate(ys)
-    except ValueError as e:
-        raise UsageError(f"{where}: batches do not stack ({e})") from e
-
-
-def to_numpy(value: Any) -> np.ndarray:
-    """A numpy array from an array, a tensor (on any device) or a nested sequence."""
-    if isinstance(value, torch.Tensor):
-        value = value.detach().cpu()
-        return (value.float() if value.dtype == torch.bfloat16 else value).numpy()
-    return np.asarray(value)
+                     "module:function, arrays, a Dataset, a DataLoader or an iterable of batches")

@@ -112,7 +112,7 @@ def prune(model: modelio.ModelLike, method: str = "magnitude", *,
     ``distill_features`` makes label-free fine-tuning also match each group's kept channels
     to the original's (:mod:`onnxprune.training.features`). ``workers`` DataLoader processes
     read the training batches (default: :func:`default_workers`). ``checkpoint_dir`` keeps
-    the state each training call leaves; ``resume`` continues the run whose checkpoints it
+    training's state after every epoch; ``resume`` continues the run whose checkpoints it
     holds, to the uninterrupted run's result (:mod:`onnxprune.training.checkpoint`). ``amp``
     trains in mixed precision (float16 with loss scaling on CUDA, bfloat16 on CPU).
     """

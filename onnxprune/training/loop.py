@@ -66,7 +66,7 @@ class TrainConfig:
     batchnorm: bool = True  # train with a BatchNorm after each Conv (ShadowModel.add_batchnorm)
     cosine: bool = False  # decay the learning rate to zero along a cosine over the run
     workers: int = 0  # DataLoader worker processes reading the training batches
-    checkpoints: Checkpoints | None = None  # save each training call's state; resume a run
+    checkpoints: Checkpoints | None = None  # save training's state each epoch; resume a run
     amp: bool = False  # mixed precision: float16 on CUDA (loss scaled), bfloat16 on CPU
 
     def __post_init__(self) -> None:

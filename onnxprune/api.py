@@ -22,6 +22,7 @@ import onnx_graphsurgeon as gs
 from onnxprune import methods, metrics, modelio, paths, plot, sizing, sparse, verify
 from onnxprune.analysis import ChannelGroup, analyze
 from onnxprune.errors import (
+    BudgetError,
     NothingToPruneError,
     OnnxPruneError,
     UnsupportedModelError,
@@ -98,7 +99,8 @@ def prune(model: modelio.ModelLike, method: str = "magnitude", *,
           batch_size: int = 64, device: str = "cpu", seed: int = 0, quiet: bool = False,
           train_batchnorm: bool | None = None, distill_features: bool = False,
           workers: int | None = None, checkpoint_dir: str | os.PathLike | None = None,
-          resume: bool = False, amp: bool = False, **options: Any) -> PruneResult:
+          resume: bool = False, amp: bool = False, strict: bool = False,
+          **options: Any) -> PruneResult:
     """Prune ``model`` (a path or ModelProto) with ``method`` and return the result.
 
     ``max_flops`` / ``max_params`` are the fractions of the original to keep; ``round_to``
@@ -115,6 +117,8 @@ def prune(model: modelio.ModelLike, method: str = "magnitude", *,
     training's state after every epoch; ``resume`` continues the run whose checkpoints it
     holds, to the uninterrupted run's result (:mod:`onnxprune.training.checkpoint`). ``amp``
     trains in mixed precision (float16 with loss scaling on CUDA, bfloat16 on CPU).
+    With a budget the report says whether it was met (``budget_met``); a run that ends above
+    it warns, or with ``strict`` raises :class:`~onnxprune.errors.BudgetError`.
     """
     if resume and checkpoint_dir is None:
         raise UsageError("--resume continues a run from its --checkpoint-dir; give the folder")
@@ -164,12 +168,34 @@ def prune(model: modelio.ModelLike, method: str = "magnitude", *,
                  "workers": config.workers, "checkpoint_dir": _text(checkpoint_dir),
                  "amp": amp,
                  **options})
+    _judge_budget(report, context.budget, method, strict)
     report["world_size"] = distributed.world()[1]
     if config.checkpoints is not None:
         report["checkpoints"] = {"training_calls": config.checkpoints.calls,
                                  "restored": config.checkpoints.restored}
     return PruneResult(written, plan, report, paths.files_read(model, data, val_data,
                                                              *options.values()))
+
+
+def _judge_budget(report: dict[str, Any], budget: Budget, method: str, strict: bool) -> None:
+    """Record whether the written model meets ``budget``; warn, or raise when ``strict``."""
+    if budget == Budget():
+        return
+    before, after = report["before"], report["after"]
+    flops, params = after["flops"] / before["flops"], after["params"] / before["params"]
+    report["budget_met"] = ((budget.max_flops is None or flops <= budget.max_flops)
+                            and (budget.max_params is None or params <= budget.max_params))
+    if report["budget_met"]:
+        return
+    warnings = report.setdefault("method_warnings", [])
+    missed = [w for w in warnings if "did not meet the budget" in w]
+    if not missed:
+        why = f" ({report['stopped']})" if report.get("stopped") else ""
+        missed = [f"{method} did not meet the budget: the model kept {flops:.3f} of the FLOPs "
+                  f"and {params:.3f} of the parameters{why}"]
+        warnings.insert(0, missed[0])
+    if strict:
+        raise BudgetError(f"{missed[0]}; --strict: nothing written")
 
 
 def _text(path: str | os.PathLike | None) -> str | None:

@@ -16,14 +16,13 @@ from onnx_graphsurgeon.logger import G_LOGGER
 
 from onnxprune import api, methods, modelio, plot, report
 from onnxprune.errors import OnnxPruneError, UsageError
-from onnxprune.methods.corr import DEFAULT_TOLERANCE, CorrOptions
+from onnxprune.methods.corr import CorrOptions
 from onnxprune.methods.correlation import TERMS
 from onnxprune.methods.fdp import FdpOptions
 from onnxprune.methods.magnitude import ALLOCATIONS, IMPORTANCES, MagnitudeOptions
 from onnxprune.methods.pp import PpOptions
+from onnxprune.methods.rounds import DEFAULT_TOLERANCE
 from onnxprune.training import distributed
-
-EXIT_BAD_INPUT = 2
 
 
 class _DefaultToPrune(click.Group):
@@ -48,6 +47,8 @@ def main() -> None:
     """  # noqa: D301
 
 
+_MARGIN = ("standard errors of the validation drop (from the samples whose prediction "
+           "changed) forgiven before the tolerance counts as exceeded")
 _PP_OPTIONS = (
     ("candidates", float, "fraction of each layer's live filters put under the L1 term per "
                           "round"),
@@ -57,6 +58,9 @@ _PP_OPTIONS = (
                          "layer's mean, at full tolerance"),
     ("epochs_per_round", click.IntRange(min=1), "training epochs per round"),
     ("rounds", click.IntRange(min=1), "at most this many rounds"),
+    ("budget_rounds", click.IntRange(min=1), "reach a FLOPs or parameter budget in this "
+                                             "many rounds"),
+    ("margin", float, _MARGIN),
 )
 _CORR_OPTIONS = (
     ("pairs", float, "filter pairs per group and round, each losing one filter: a fraction "
@@ -67,6 +71,7 @@ _CORR_OPTIONS = (
     ("epochs_per_round", click.IntRange(min=1), "training epochs with the term per round"),
     ("finetune_epochs", click.IntRange(min=0), "fine-tuning epochs after each round's drop"),
     ("rounds", click.IntRange(min=1), "at most this many rounds"),
+    ("margin", float, _MARGIN),
 )
 _ROUND_OPTIONS = (("pp", PpOptions(), _PP_OPTIONS), ("corr", CorrOptions(), _CORR_OPTIONS))
 _METHOD_OPTIONS = ("sparsity", "granularity", "layer_sparsity", "tolerance", "importance",
@@ -79,18 +84,21 @@ _METHOD_OPTIONS = ("sparsity", "granularity", "layer_sparsity", "tolerance", "im
 def _round_options(command: Any) -> Any:
     """The options of the round-based methods, defaults read from PpOptions and CorrOptions.
 
-    An option both take is declared once, its help giving each method's meaning and default.
+    An option both take is declared once, its help giving each method's meaning and default
+    (once, naming both, when they agree).
     """
     kinds: dict[str, Any] = {}
-    texts: dict[str, list[str]] = {}
+    texts: dict[str, dict[str, list[str]]] = {}
     for method, defaults, table in _ROUND_OPTIONS:
         for name, kind, text in table:
             kinds.setdefault(name, kind)
-            texts.setdefault(name, []).append(
-                f"{method}: {text} (default {getattr(defaults, name)})")
+            said = f"{text} (default {getattr(defaults, name)})"
+            texts.setdefault(name, {}).setdefault(said, []).append(method)
     for name in reversed(list(kinds)):
+        help_text = "; ".join(f"{', '.join(methods_)}: {said}"
+                              for said, methods_ in texts[name].items())
         command = click.option(f"--{name.replace('_', '-')}", type=kinds[name],
-                               help="; ".join(texts[name]) + ".")(command)
+                               help=help_text + ".")(command)
     return command
 
 
@@ -150,6 +158,9 @@ def _parsed(options: dict[str, Any]) -> dict[str, Any]:
                    "onnxruntime channel block, 16 with AVX-512, else 8; 1 disables).")
 @click.option("--report", "report_path", type=click.Path(path_type=Path),
               help="Also write the report as JSON here.")
+@click.option("--strict", is_flag=True,
+              help="Fail (exit code 3, nothing written) when the run ends above --max-flops / "
+                   "--max-params; without it such a run warns and writes the model.")
 @click.option("--sparsity", type=float,
               help="admm: fraction of weights to remove, in (0, 1); fdp: of DCT coefficients "
                    f"(default {FdpOptions().sparsity}).")
@@ -170,9 +181,9 @@ def _parsed(options: dict[str, Any]) -> dict[str, Any]:
                    f"{FdpOptions().prune_epochs}, then {FdpOptions().retrain_epochs} with the "
                    "masks frozen).")
 @click.option("--tolerance", type=float,
-              help="Accuracy points the method may lose on the validation data (corr: "
-                   f"{DEFAULT_TOLERANCE} without a budget, none with one; pp: default "
-                   f"{PpOptions().tolerance}).")
+              help="pp, corr: accuracy points the method may lose on the validation data "
+                   f"(default {DEFAULT_TOLERANCE} without a budget, none with one: the budget "
+                   "is then the goal).")
 @_round_options
 @click.option("--fold/--no-fold", default=None,
               help="corr: fold each dropped filter into its partner's consumers (default "
@@ -352,7 +363,7 @@ def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
 
 
 def run() -> None:
-    """Entry point: run the command; print OnnxPruneError as one line and exit with 2."""
+    """Entry point: run the command; print OnnxPruneError as one line and exit with its code."""
     G_LOGGER.severity = G_LOGGER.ERROR  # graphsurgeon warns on stdout, which carries our JSON
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _exit_on_signal)
@@ -360,7 +371,7 @@ def run() -> None:
         main(standalone_mode=False)
     except OnnxPruneError as e:  # one line, whatever a library's message held
         click.echo(f"onnxprune: error: {' '.join(str(e).split())}", err=True)
-        sys.exit(EXIT_BAD_INPUT)
+        sys.exit(e.exit_code)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
     except click.ClickException as e:

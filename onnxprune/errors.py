@@ -1,6 +1,7 @@
 """Typed errors: each carries a one-line sentence a user can act on.
 
-The CLI prints ``str(error)`` and exits with code 2 for every :class:`OnnxPruneError`.
+The CLI prints ``str(error)`` and exits with the error's ``exit_code``: 2 for every
+:class:`OnnxPruneError` but :class:`BudgetError` (3).
 """
 
 import math
@@ -8,6 +9,8 @@ import math
 
 class OnnxPruneError(Exception):
     """Base class of every error onnxprune raises on purpose."""
+
+    exit_code = 2
 
 
 class InvalidModelError(OnnxPruneError):
@@ -32,6 +35,12 @@ class PassError(OnnxPruneError):
 
 class VerificationError(OnnxPruneError):
     """The written model does not behave like the one it was derived from."""
+
+
+class BudgetError(OnnxPruneError):
+    """``--strict``: the run ended above its ``--max-flops`` / ``--max-params`` budget."""
+
+    exit_code = 3
 
 
 class TrainingError(OnnxPruneError):

@@ -236,7 +236,7 @@ def _run_filters(shadow: ShadowModel, teacher: ShadowModel | None, baseline: dic
     filters = Filters(ctx.groups)
     names = filters.names()
     params0, flops0 = metrics.count(ctx.graph)
-    stages, best = [], (Plan(), shadow.snapshot())
+    stages, best, stopped = [], (Plan(), shadow.snapshot()), "all 3 stages ran"
     bar = progress(3, "admm stages", ctx.train.quiet, unit="stage")
     for stage in (1, 2, 3):  # each stage takes a third of the way, geometrically
         start = time.perf_counter()
@@ -262,11 +262,12 @@ def _run_filters(shadow: ShadowModel, teacher: ShadowModel | None, baseline: dic
         if (opts.tolerance is not None
                 and finetune.quality_drop(baseline, quality) > opts.tolerance / 100):
             stages[-1]["kept"] = False
+            stopped = f"stage {stage} fell more than {opts.tolerance} points"
             break
         best = (chosen, shadow.snapshot())
     bar.close()
     return Plan(keep=dict(best[0].keep), weights=best[1],
-                log={"stages": stages, "baseline": baseline})
+                log={"stages": stages, "baseline": baseline, "stopped": stopped})
 
 
 def _weights_projection(keep: dict[str, int]) -> Projection:

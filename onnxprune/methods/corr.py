@@ -65,7 +65,6 @@ from typing import Any
 import torch
 
 from onnxprune.errors import NothingToPruneError, UsageError, require_finite
-from onnxprune.methods.budget import require_reachable, rounded_keep
 from onnxprune.methods.correlation import (
     TERMS,
     CorrelationTerm,
@@ -82,7 +81,6 @@ from onnxprune.plan import Plan
 from onnxprune.training import finetune
 from onnxprune.training.loop import progress, train
 
-DEFAULT_TOLERANCE = 0.5  # points, when no budget is given (as pp)
 Ranked = dict[str, list[tuple[int, int, float]]]
 
 
@@ -95,20 +93,23 @@ class CorrOptions:
     term: str = "linear"
     fold: bool = True
     tolerance: float | None = None
+    margin: float = 0.0
     epochs_per_round: int = 1
     finetune_epochs: int = 1
     rounds: int = 30
     final_epochs: int = 2
 
     def __post_init__(self) -> None:
-        require_finite(pairs=self.pairs, strength=self.strength, tolerance=self.tolerance)
+        require_finite(pairs=self.pairs, strength=self.strength, tolerance=self.tolerance,
+                       margin=self.margin)
         if not (0 < self.pairs < 1 or (self.pairs >= 1 and float(self.pairs).is_integer())):
             raise UsageError(f"--pairs must be a fraction in (0, 1) or a whole count, got "
                              f"{self.pairs}")
         if self.term not in TERMS:
             raise UsageError(f"--term must be one of {', '.join(TERMS)}, got {self.term}")
-        if self.strength < 0 or (self.tolerance is not None and self.tolerance < 0):
-            raise UsageError("--strength and --tolerance must be >= 0")
+        if (self.strength < 0 or self.margin < 0
+                or (self.tolerance is not None and self.tolerance < 0)):
+            raise UsageError("--strength, --margin and --tolerance must be >= 0")
         if self.epochs_per_round < 1 or self.rounds < 1:
             raise UsageError("--epochs-per-round and --rounds must be >= 1")
         if self.finetune_epochs < 0 or self.final_epochs < 0:
@@ -138,15 +139,8 @@ class _Run(RoundRun):
     """One corr run: the shadow, what each group still owes, and the rounds so far."""
 
     def __init__(self, ctx: Context, opts: CorrOptions) -> None:
-        budget = ctx.budget
-        self.budgeted = budget.max_flops is not None or budget.max_params is not None
-        if self.budgeted:
-            require_reachable(ctx.graph, ctx.groups, ctx.prunable, budget, ctx.round_to)
-        super().__init__(ctx, "corr")
+        super().__init__(ctx, "corr", opts.tolerance, opts.margin)
         self.opts = opts
-        self.tolerance = (opts.tolerance if opts.tolerance is not None or self.budgeted
-                          else DEFAULT_TOLERANCE)
-        self.debt = {gid: 0.0 for gid in self.filters.groups}
 
     def run(self) -> Plan:
         """The rounds, then the final fine-tuning of the model kept."""
@@ -159,7 +153,10 @@ class _Run(RoundRun):
         for number in range(1, opts.rounds + 1):
             start = time.perf_counter()
             ranked = self._ranked(alive)
-            removal = self._removals(alive, ranked, number)
+            removal = self._removals(alive, {gid: opts.wanted(int(a.sum()))
+                                             for gid, a in alive.items()},
+                                     {gid: len(r) for gid, r in ranked.items()},
+                                     opts.rounds - number + 1)
             if not any(removal.values()):
                 if number == 1:
                     raise NothingToPruneError(
@@ -178,7 +175,7 @@ class _Run(RoundRun):
                            "seconds": round(time.perf_counter() - start, 2)})
             bar.update()
             bar.set_postfix({k: rounds[-1][k] for k in ("flops_kept", self.key)})
-            drop = finetune.quality_drop(self.baseline, quality)
+            drop = self._drop(quality)
             if self.tolerance is not None and drop > self.tolerance / 100:
                 stopped = f"round {number} fell more than {self.tolerance} points"
                 break
@@ -264,91 +261,3 @@ class _Run(RoundRun):
             matrix = correlation_matrix(self.filters, raw, gid, channels)
             out[gid] = rank_pairs(matrix, channels.tolist(), group.size, group.blocks)
         return out
-
-    # -- how many per round --------------------------------------------------------------
-    def _steps(self, gid: str, live: int) -> list[int]:
-        """The removals that take group ``gid`` from ``live`` to a width it can be written at."""
-        g = self.filters.groups[gid]
-        widths = {rounded_keep(k, g.size, self.ctx.round_to, g.blocks) for k in range(1, live)}
-        return sorted(live - w for w in widths if w < live)
-
-    def _removals(self, alive: dict[str, torch.Tensor], ranked: Ranked,
-                  number: int) -> dict[str, int]:
-        """How many channels each group drops in round ``number`` (module docstring)."""
-        live = {gid: int(a.sum()) for gid, a in alive.items()}
-        options = {gid: [r for r in self._steps(gid, n) if r <= len(ranked[gid])]
-                   for gid, n in live.items()}
-        removal = {}
-        for gid, n in live.items():
-            self.debt[gid] += self.opts.wanted(n) if options[gid] else 0
-            removal[gid] = max((r for r in options[gid] if r <= self.debt[gid]), default=0)
-        if not any(removal.values()):
-            due = [(self.debt[gid] / steps[0], gid) for gid, steps in options.items() if steps]
-            if not due:
-                return removal
-            gid = max(due)[1]
-            removal[gid] = options[gid][0]
-        if self.budgeted:
-            self._meet(alive, options, removal, number)
-        for gid, r in removal.items():
-            self.debt[gid] = max(self.debt[gid] - r, 0.0)
-        return removal
-
-    def _meet(self, alive: dict[str, torch.Tensor], options: dict[str, list[int]],
-              removal: dict[str, int], number: int) -> None:
-        """Cut at least this round's share of the budget, then give back what it allows.
-
-        Blocks are added where the round cuts the smallest fraction of a group's live
-        channels, and given back where it cuts the largest: the groups shrink evenly, as the
-        paper's N pairs per layer do (correlations of filters of different lengths do not
-        compare across layers: short first-layer filters correlate by chance).
-        """
-        budget, left = self.ctx.budget, self.opts.rounds - number + 1
-        live = {gid: int(a.sum()) for gid, a in alive.items()}
-        now = self._kept(self.filters.plan(alive))
-        share = tuple(None if b is None else max(b, f * (b / f) ** (1 / left))
-                      for b, f in zip((budget.max_flops, budget.max_params), now, strict=True))
-        while not self._fits(self._planned(alive, removal), *share):
-            offers = [(more[0] / live[gid], gid, more[0]) for gid, steps in options.items()
-                      if (more := [r for r in steps if r > removal[gid]])]
-            if not offers:
-                break
-            _, gid, r = min(offers)
-            removal[gid] = r
-        while True:
-            offers = sorted(((-r / live[gid], gid, max([x for x in options[gid] if x < r],
-                                                       default=0))
-                             for gid, r in removal.items() if r))
-            for _, gid, less in offers:
-                trial = {**removal, gid: less}
-                if any(trial.values()) and self._fits(self._planned(alive, trial),
-                                                      budget.max_flops, budget.max_params):
-                    removal[gid] = less
-                    break
-            else:
-                return
-
-    def _planned(self, alive: dict[str, torch.Tensor], removal: dict[str, int]) -> Plan:
-        """The plan after ``removal``, for counting (any ``r`` live channels of a part do)."""
-        keep = {}
-        for gid, live in alive.items():
-            g, kept = self.filters.groups[gid], live.clone()
-            width = g.size // g.blocks
-            for part in range(g.blocks):
-                channels = torch.nonzero(live[part * width:(part + 1) * width]).flatten()
-                kept[channels[:removal.get(gid, 0) // g.blocks] + part * width] = False
-            keep[gid] = kept
-        return self.filters.plan(keep)
-
-    def _outcome(self, plan: Plan, stopped: str) -> dict[str, Any]:
-        """``budget_met`` (None without a budget) and the warnings a user must see."""
-        met = self._budget_met(plan) if self.budgeted else None
-        flops, params = self._kept(plan)
-        warnings = []
-        if met is False:
-            warnings.append(f"corr did not meet the budget: the model kept {flops:.3f} of the "
-                            f"FLOPs and {params:.3f} of the parameters ({stopped})")
-        if not any(len(k) < self.filters.groups[gid].size for gid, k in plan.keep.items()):
-            warnings.append(f"corr removed no filter ({stopped})")
-        return {"budget_met": met, "method_warnings": warnings}
-

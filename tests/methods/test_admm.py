@@ -186,6 +186,26 @@ def test_filter_projection_keeps_whole_channels_across_a_group() -> None:
     assert torch.equal(out["b"][:, 2], torch.zeros(3)) and torch.equal(out["b"][:, :2], b[:, :2])
 
 
+@pytest.mark.parametrize("round_to", [8, 16])
+def test_filter_level_rounds_whole_blocks_and_a_missed_budget_says_why(round_to: int) -> None:
+    resnet = ROOT / "sample_models" / "resnet.onnx"
+    met = onnxprune.prune(resnet, "admm", granularity="filter", max_flops=0.5,
+                          round_to=round_to, data=DIGITS, quiet=True, **FAST).report
+    assert met["budget_met"] is True and met["stopped"] == "all 3 stages ran"
+    sizes = {g.id: g.size for g in onnxprune.api.inspect(resnet).groups}
+    assert met["plan"] and any(kept < sizes[gid] for gid, kept in met["plan"].items())
+    for gid, kept in met["plan"].items():
+        assert kept % round_to == 0 or kept == sizes[gid], (gid, kept)
+    missed = onnxprune.prune(resnet, "admm", granularity="filter", max_flops=0.3, tolerance=0.0,
+                             round_to=round_to, data=DIGITS, quiet=True, **FAST).report
+    kept = missed["after"]["flops"] / missed["before"]["flops"]
+    assert missed["budget_met"] is False and kept > 0.3
+    assert missed["method_warnings"][0] == (
+        f"admm did not meet the budget: the model kept {kept:.3f} of the FLOPs and "
+        f"{missed['after']['params'] / missed['before']['params']:.3f} of the parameters "
+        f"({missed['stopped']})") and missed["stopped"].endswith("fell more than 0.0 points")
+
+
 def test_filter_level_removes_channels_within_the_budget(tmp_path: Path) -> None:
     result = onnxprune.prune(ROOT / "sample_models" / "resnet.onnx", "admm",
                              granularity="filter", max_flops=0.5, round_to=8, data=DIGITS,

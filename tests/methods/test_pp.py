@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 import onnxprune
 from onnxprune import modelio
-from onnxprune.errors import UsageError
+from onnxprune.errors import BudgetError, UsageError
 from onnxprune.methods.pp import Controller
 
 RESNET = ROOT / "sample_models" / "resnet.onnx"
@@ -91,10 +91,77 @@ def test_budget_stops_the_rounds_early() -> None:
                              round_to=1, quiet=True, **{**FAST, "rounds": 6,
                                                         "final_epochs": 0})
     report = result.report
-    flops = [r["flops_kept"] for r in report["rounds"]]
-    assert flops[-1] <= 0.9 and all(f > 0.9 for f in flops[:-1])  # stopped once it was met
-    assert len(flops) < 6
+    base = report["baseline"]["accuracy"]
+    done = [r["flops_kept"] <= 0.9 and base - r["accuracy"] <= 0.5 for r in report["rounds"]]
+    assert done[-1] and not any(done[:-1]) and len(done) < 6  # stopped once it was met
+    assert report["stopped"] == "budget met" and report["budget_met"] is True
     assert report["after"]["flops"] <= 0.9 * report["before"]["flops"]
+
+
+@pytest.mark.parametrize(("sample", "round_to", "max_flops"), [
+    ("resnet", 8, 0.5), ("resnet", 16, 0.6), ("vgg_bn", 16, 0.4), ("resnext", 4, 0.5)])
+def test_every_pruning_round_changes_the_written_widths(sample: str, round_to: int,
+                                                        max_flops: float) -> None:
+    """Whole blocks: each round's widths are writable, differ from the last, and end in plan."""
+    result = onnxprune.prune(ROOT / "sample_models" / f"{sample}.onnx", "pp", data=_digits(300),
+                             round_to=round_to, max_flops=max_flops, quiet=True,
+                             **{**FAST, "rounds": 4, "budget_rounds": 2, "final_epochs": 0})
+    report = result.report
+    widths = [dict(report["original_widths"])] + [r["widths"] for r in report["rounds"]]
+    for earlier, later, row in zip(widths[:-1], widths[1:], report["rounds"], strict=True):
+        assert (later != earlier) == (row["state"] == "prune")
+        for gid, w in later.items():
+            assert w == report["original_widths"][gid] or w % round_to == 0, (gid, w)
+    assert report["plan"] == widths[-1]
+    assert report["tolerance"] is None and report["stopped"] == "budget met"
+    assert report["budget_met"] is True and report["method_warnings"] == []
+    assert report["after"]["flops"] <= max_flops * report["before"]["flops"]
+    assert len(report["rounds"]) <= 2  # the budget's share is cut every round
+
+
+def test_a_budget_the_tolerance_stops_short_of_says_so(tmp_path: Path) -> None:
+    """At tolerance 0 the first lossy round ends the run above the budget: warned, or --strict."""
+    options = dict(tolerance=0.0, max_flops=0.3, data=_digits(300), round_to=1, quiet=True,
+                   **{**FAST, "final_epochs": 0, "patience": 0})
+    report = onnxprune.prune(RESNET, "pp", **options).report
+    assert report["budget_met"] is False and report["stopped"].startswith("round 1 fell")
+    kept = report["after"]["flops"] / report["before"]["flops"]
+    assert kept > 0.3 and report["method_warnings"][0].startswith(
+        f"pp did not meet the budget: the model kept {kept:.3f} of the FLOPs")
+    assert "(round 1 fell more than 0.0 points" in report["method_warnings"][0]
+    assert report["method_warnings"][-1].startswith(  # 30 samples: the tolerance is noise
+        "the tolerance of 0.0 points is 0 of the 30 validation samples, on which the "
+        "original scores 100.00 % (0 missed): it has likely seen them")
+    with pytest.raises(BudgetError, match="did not meet the budget.*--strict"):
+        onnxprune.prune(RESNET, "pp", strict=True, **options)
+    exe = Path(sys.executable).parent / "onnxprune"
+    np.savez(tmp_path / "d.npz", **dict(zip(("x", "y"), _digits(300), strict=True)))
+    for strict, code in ((False, 0), (True, 3)):
+        out = tmp_path / f"{strict}.onnx"
+        done = subprocess.run(
+            [str(exe), str(RESNET), "--method", "pp", "--tolerance", "0", "--max-flops", "0.3",
+             "--data", str(tmp_path / "d.npz"), "--round-to", "1", "--rounds", "2", "--quiet",
+             "--strength", "3", "--candidates", "0.3", "--out", str(out),
+             *(["--strict"] if strict else [])], capture_output=True, text=True, check=False)
+        assert done.returncode == code, done.stderr
+        assert out.exists() != strict
+        lines = done.stderr.strip().splitlines()
+        assert "did not meet the budget" in lines[0] and (len(lines) == 1) == strict
+        assert all(line.startswith("onnxprune: warning: ") for line in lines) != strict
+
+
+def test_a_margin_forgives_standard_errors_of_the_drop() -> None:
+    """Round 1 is the same run either way; the margin only lowers the drop it is judged on."""
+    rows = [onnxprune.prune(RESNET, "pp", tolerance=1.0, margin=margin, data=_digits(400),
+                            round_to=1, quiet=True, **{**FAST, "rounds": 1, "final_epochs": 0}
+                            ).report for margin in (0.0, 2.0)]
+    plain, forgiven = (r["rounds"][0] for r in rows)
+    assert plain["widths"] == forgiven["widths"] and plain["accuracy"] == forgiven["accuracy"]
+    assert plain["drop_judged"] == pytest.approx(rows[0]["baseline"]["accuracy"]
+                                                 - plain["accuracy"], abs=1e-6)
+    n = 40  # the validation split of 400 samples
+    gap = plain["drop_judged"] - forgiven["drop_judged"]
+    assert gap >= 0 and (gap * n / 2) ** 2 == pytest.approx(round((gap * n / 2) ** 2), abs=1e-3)
 
 
 def test_unlabelled_data_measures_agreement(tmp_path: Path) -> None:
@@ -178,7 +245,7 @@ def test_cli_help_states_the_real_defaults() -> None:
     text = " ".join(subprocess.run([str(exe), "prune", "--help"], capture_output=True,
                                    text=True, check=True).stdout.split())
     for field in fields(PpOptions):
-        if field.name in ("patience", "final_epochs"):  # Python API only
+        if field.name in ("patience", "final_epochs", "tolerance"):  # API only / in words
             continue
         flag = f"--{field.name.replace('_', '-')}"
         assert flag in text

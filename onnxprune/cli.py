@@ -20,7 +20,7 @@ from onnxprune.methods.corr import CorrOptions
 from onnxprune.methods.correlation import TERMS
 from onnxprune.methods.fdp import FdpOptions
 from onnxprune.methods.magnitude import ALLOCATIONS, IMPORTANCES, MagnitudeOptions
-from onnxprune.methods.pp import PpOptions
+from onnxprune.methods.pp import BUDGET_STRENGTH, TOLERANCE_STRENGTH, PpOptions
 from onnxprune.methods.rounds import DEFAULT_TOLERANCE
 from onnxprune.training import distributed
 
@@ -52,8 +52,9 @@ _MARGIN = ("standard errors of the validation drop (from the samples whose predi
 _PP_OPTIONS = (
     ("candidates", float, "fraction of each layer's live filters put under the L1 term per "
                           "round"),
-    ("strength", float, "L1 strength at full tolerance; 1 wears a mean weight to zero in one "
-                        "round"),
+    ("strength", float, f"L1 strength at full tolerance (default {TOLERANCE_STRENGTH} to a "
+                        f"tolerance, {BUDGET_STRENGTH} to a budget); 1 wears a mean weight to "
+                        "zero in one round"),
     ("threshold", float, "a candidate goes when its L1 norm falls below this fraction of its "
                          "layer's mean, at full tolerance"),
     ("epochs_per_round", click.IntRange(min=1), "training epochs per round"),
@@ -92,7 +93,8 @@ def _round_options(command: Any) -> Any:
     for method, defaults, table in _ROUND_OPTIONS:
         for name, kind, text in table:
             kinds.setdefault(name, kind)
-            said = f"{text} (default {getattr(defaults, name)})"
+            default = getattr(defaults, name)  # None: the text says it
+            said = text if default is None else f"{text} (default {default})"
             texts.setdefault(name, {}).setdefault(said, []).append(method)
     for name in reversed(list(kinds)):
         help_text = "; ".join(f"{', '.join(methods_)}: {said}"

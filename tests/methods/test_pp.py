@@ -245,7 +245,9 @@ def test_cli_help_states_the_real_defaults() -> None:
     text = " ".join(subprocess.run([str(exe), "prune", "--help"], capture_output=True,
                                    text=True, check=True).stdout.split())
     for field in fields(PpOptions):
-        if field.name in ("patience", "final_epochs", "tolerance"):  # API only / in words
+        if field.name in ("patience", "final_epochs", "tolerance", "strength"):  # in words
+            assert field.name != "strength" or "(default 1.0 to a tolerance, 3.0 to a " \
+                "budget)" in text
             continue
         flag = f"--{field.name.replace('_', '-')}"
         assert flag in text

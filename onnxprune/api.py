@@ -84,9 +84,9 @@ def _naming_the_model(function: Callable[..., Any]) -> Callable[..., Any]:
             return function(model, *args, **kwargs)
         except OnnxPruneError as e:
             where = source_name(model)
-            if not isinstance(model, (str, os.PathLike)) or str(e).startswith(where):
-                raise
-            raise type(e)(f"{where}: {e}") from e
+            if isinstance(model, (str, os.PathLike)) and not str(e).startswith(where):
+                e.args = (f"{where}: {e}",)  # the same error, what it carries kept
+            raise
     return named
 
 
@@ -118,7 +118,8 @@ def prune(model: modelio.ModelLike, method: str = "magnitude", *,
     holds, to the uninterrupted run's result (:mod:`onnxprune.training.checkpoint`). ``amp``
     trains in mixed precision (float16 with loss scaling on CUDA, bfloat16 on CPU).
     With a budget the report says whether it was met (``budget_met``); a run that ends above
-    it warns, or with ``strict`` raises :class:`~onnxprune.errors.BudgetError`.
+    it warns, or with ``strict`` raises :class:`~onnxprune.errors.BudgetError` (its
+    ``result`` holds the run's result and report).
     """
     if resume and checkpoint_dir is None:
         raise UsageError("--resume continues a run from its --checkpoint-dir; give the folder")
@@ -168,25 +169,28 @@ def prune(model: modelio.ModelLike, method: str = "magnitude", *,
                  "workers": config.workers, "checkpoint_dir": _text(checkpoint_dir),
                  "amp": amp,
                  **options})
-    _judge_budget(report, context.budget, method, strict)
+    missed = _judge_budget(report, context.budget, method)
     report["world_size"] = distributed.world()[1]
     if config.checkpoints is not None:
         report["checkpoints"] = {"training_calls": config.checkpoints.calls,
                                  "restored": config.checkpoints.restored}
-    return PruneResult(written, plan, report, paths.files_read(model, data, val_data,
-                                                             *options.values()))
+    result = PruneResult(written, plan, report, paths.files_read(model, data, val_data,
+                                                               *options.values()))
+    if strict and missed:
+        raise BudgetError(f"{missed}; --strict: the model is not written", result)
+    return result
 
 
-def _judge_budget(report: dict[str, Any], budget: Budget, method: str, strict: bool) -> None:
-    """Record whether the written model meets ``budget``; warn, or raise when ``strict``."""
+def _judge_budget(report: dict[str, Any], budget: Budget, method: str) -> str | None:
+    """Record whether the written model meets ``budget``; return the warning when it does not."""
     if budget == Budget():
-        return
+        return None
     before, after = report["before"], report["after"]
     flops, params = after["flops"] / before["flops"], after["params"] / before["params"]
     report["budget_met"] = ((budget.max_flops is None or flops <= budget.max_flops)
                             and (budget.max_params is None or params <= budget.max_params))
     if report["budget_met"]:
-        return
+        return None
     warnings = report.setdefault("method_warnings", [])
     missed = [w for w in warnings if "did not meet the budget" in w]
     if not missed:
@@ -194,8 +198,7 @@ def _judge_budget(report: dict[str, Any], budget: Budget, method: str, strict: b
         missed = [f"{method} did not meet the budget: the model kept {flops:.3f} of the FLOPs "
                   f"and {params:.3f} of the parameters{why}"]
         warnings.insert(0, missed[0])
-    if strict:
-        raise BudgetError(f"{missed[0]}; --strict: nothing written")
+    return missed[0]
 
 
 def _text(path: str | os.PathLike | None) -> str | None:

@@ -15,7 +15,7 @@ import click
 from onnx_graphsurgeon.logger import G_LOGGER
 
 from onnxprune import api, methods, modelio, plot, report
-from onnxprune.errors import OnnxPruneError, UsageError
+from onnxprune.errors import BudgetError, OnnxPruneError, UsageError
 from onnxprune.methods.corr import CorrOptions
 from onnxprune.methods.correlation import TERMS
 from onnxprune.methods.fdp import FdpOptions
@@ -161,8 +161,9 @@ def _parsed(options: dict[str, Any]) -> dict[str, Any]:
 @click.option("--report", "report_path", type=click.Path(path_type=Path),
               help="Also write the report as JSON here.")
 @click.option("--strict", is_flag=True,
-              help="Fail (exit code 3, nothing written) when the run ends above --max-flops / "
-                   "--max-params; without it such a run warns and writes the model.")
+              help="Fail (exit code 3; the report is written, the model not) when the run ends "
+                   "above --max-flops / --max-params; without it such a run warns and writes "
+                   "the model.")
 @click.option("--sparsity", type=float,
               help="admm: fraction of weights to remove, in (0, 1); fdp: of DCT coefficients "
                    f"(default {FdpOptions().sparsity}).")
@@ -245,7 +246,12 @@ def prune_command(model: Path, method: str, out: Path, report_path: Path | None,
              if v is not None or k not in _METHOD_OPTIONS}
     api.check_outputs(model, method, {"--out": out, "--report": report_path, "--plot": plot_path},
                       **given)
-    result = api.prune(model, method, quiet=quiet, **given)
+    try:
+        result = api.prune(model, method, quiet=quiet, **given)
+    except BudgetError as e:  # --strict: the report says why; the model is not written
+        if report_path is not None and distributed.writes():
+            modelio.save_text(report.to_json(e.result.report), report_path)
+        raise
     result.save(out)
     if not distributed.writes():
         return  # under torchrun rank 0 writes and reports

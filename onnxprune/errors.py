@@ -38,9 +38,16 @@ class VerificationError(OnnxPruneError):
 
 
 class BudgetError(OnnxPruneError):
-    """``--strict``: the run ended above its ``--max-flops`` / ``--max-params`` budget."""
+    """``--strict``: the run ended above its ``--max-flops`` / ``--max-params`` budget.
+
+    ``result`` is the run's :class:`~onnxprune.api.PruneResult`, its report saying why.
+    """
 
     exit_code = 3
+
+    def __init__(self, message: str, result: object = None) -> None:
+        super().__init__(message)
+        self.result = result
 
 
 class TrainingError(OnnxPruneError):

@@ -137,14 +137,14 @@ def test_a_budget_the_tolerance_stops_short_of_says_so(tmp_path: Path) -> None:
     exe = Path(sys.executable).parent / "onnxprune"
     np.savez(tmp_path / "d.npz", **dict(zip(("x", "y"), _digits(300), strict=True)))
     for strict, code in ((False, 0), (True, 3)):
-        out = tmp_path / f"{strict}.onnx"
+        out, said = tmp_path / f"{strict}.onnx", tmp_path / f"{strict}.json"
         done = subprocess.run(
             [str(exe), str(RESNET), "--method", "pp", "--tolerance", "0", "--max-flops", "0.3",
              "--data", str(tmp_path / "d.npz"), "--round-to", "1", "--rounds", "2", "--quiet",
-             "--strength", "3", "--candidates", "0.3", "--out", str(out),
+             "--strength", "3", "--candidates", "0.3", "--out", str(out), "--report", str(said),
              *(["--strict"] if strict else [])], capture_output=True, text=True, check=False)
         assert done.returncode == code, done.stderr
-        assert out.exists() != strict
+        assert out.exists() != strict and json.loads(said.read_text())["budget_met"] is False
         lines = done.stderr.strip().splitlines()
         assert "did not meet the budget" in lines[0] and (len(lines) == 1) == strict
         assert all(line.startswith("onnxprune: warning: ") for line in lines) != strict

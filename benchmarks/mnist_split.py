@@ -38,15 +38,15 @@ def load(folder: Path) -> tuple[Dataset, Dataset]:
     return mnist.subset(np.arange(8000)), mnist.subset(np.arange(8000, 10000))
 
 
-def reference(name: str, train: Dataset) -> onnx.ModelProto:
-    """Sample ``name`` fine-tuned dense for 5 epochs on ``train`` (BatchNorm inserted, lr 0.05).
+def reference(name: str, train: Dataset, epochs: int = 5) -> onnx.ModelProto:
+    """Sample ``name`` fine-tuned dense for ``epochs`` on ``train`` (BatchNorm inserted, lr 0.05).
 
     The samples were trained on the scikit-learn digits; this is the dense model the MNIST
     benchmarks prune and compare against.
     """
     dense = ShadowModel(normalize(ROOT / "sample_models" / f"{name}.onnx")[0])
     dense.add_batchnorm(next(train.batches(256, shuffle=True))[0])
-    fit(dense, train, TrainConfig(epochs=5, lr=0.05, quiet=True))
+    fit(dense, train, TrainConfig(epochs=epochs, lr=0.05, quiet=True))
     return dense.export()
 
 

@@ -122,7 +122,7 @@ class RoundRun:
         ``d`` changed their top-1 prediction against the original's, sqrt(d) / n (McNemar's),
         so that on a small split a drop of a few samples is not taken for a real loss.
         """
-        drop = finetune.quality_drop(self.baseline, quality)
+        drop = round(finetune.quality_drop(self.baseline, quality), 12)  # 4/800 is 0.005
         if not self.margin:
             return drop
         n = len(self.ctx.val_data)
